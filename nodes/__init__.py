@@ -1,0 +1,1 @@
+"""The pack's Python code. Imports nothing, so nodes.core loads without ComfyUI."""

@@ -1,0 +1,264 @@
+"""HTTP to DashScope: submit, query, cancel, list, download. Each call maps every failure once,
+here, into the error family, and marks what is safe to repeat.
+
+The money rule: a create request is repeated only when the service clearly did not accept it (an
+error answer with an error body, such as throttling, or a connection that never opened). Any
+failure after the request went out is a SubmitUncertainError: a paid task may exist."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+import urllib3
+
+from .errors import ApiError, DownloadError, ProtocolError, SubmitUncertainError, WanxError
+from .protocol import ServiceError, Submitted, TaskState, TaskSummary
+from .quota import Quota
+from .settings import Settings
+from .ticker import Ticker
+
+log = logging.getLogger(__name__)
+
+CREATE_PATH = "/services/aigc/image2image/image-synthesis"
+USER_AGENT = "wanx-imageedit-comfyui/0.1"
+
+# Result files live on the service's OSS buckets (spec section 6); every documented host matches.
+RESULT_HOST = re.compile(r"^dashscope-result-[a-z0-9-]+\.oss-[a-z0-9-]+\.aliyuncs\.com$")
+
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    connect_s: float = 10.0
+    create_read_s: float = 60.0
+    query_read_s: float = 15.0
+    download_read_s: float = 60.0
+    cancel_s: float = 0.8  # cancel runs while the user waits for Cancel to take effect
+    connect_retry_s: float = 0.5  # first back-off when the connection could not even open
+
+
+RETRYABLE_CREATE_5XX = 2  # create answers of 5xx *with an error body* mean "not accepted"
+CONNECT_RETRIES = 3
+THROTTLE_GIVE_UP_S = 120.0  # the docs say throttling recovers "within about one minute"
+DOWNLOAD_ATTEMPTS = 5
+
+
+class TransientError(ApiError):
+    """A failure that is safe to retry for idempotent calls (query, list, download)."""
+
+
+class DashScopeClient:
+    """One account's view of the service. Thread-safe: requests.Session is shared for GETs,
+    and every create gets a fresh connection so a stale pooled socket can't make it ambiguous."""
+
+    def __init__(self, settings: Settings, *, timeouts: Timeouts | None = None) -> None:
+        self._settings = settings
+        self._timeouts = timeouts or Timeouts()
+        self._session = requests.Session()
+        self._session.headers["User-Agent"] = USER_AGENT
+        # Result downloads never carry the Authorization header: a separate session, no defaults.
+        self._downloads = requests.Session()
+        self._downloads.headers["User-Agent"] = USER_AGENT
+        self._base_host = urlsplit(settings.base_url).netloc
+
+    def __repr__(self) -> str:
+        return f"DashScopeClient(base_url={self._settings.base_url!r}, key={self._settings.key_hint!r})"
+
+    @property
+    def settings(self) -> Settings:
+        return self._settings
+
+    def _auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self._settings.api_key}"}
+
+    # --- create -------------------------------------------------------------------------------
+
+    def submit(self, body: Mapping[str, Any], *, ticker: Ticker, quota: Quota) -> Submitted:
+        """Create one task, paced by ``quota`` before every attempt. Repeats only attempts the
+        service clearly refused; see the module docstring."""
+        payload = json.dumps(body, ensure_ascii=False).encode("utf-8")
+        headers = {**self._auth(), "Content-Type": "application/json", "X-DashScope-Async": "enable"}
+        connect_failures = server_refusals = 0
+        throttled_since: float | None = None
+        while True:
+            quota.before_send(ticker)
+            try:
+                with requests.Session() as fresh:
+                    fresh.headers["User-Agent"] = USER_AGENT
+                    response = fresh.post(
+                        self._settings.base_url + CREATE_PATH, data=payload, headers=headers,
+                        timeout=(self._timeouts.connect_s, self._timeouts.create_read_s),
+                    )
+            except requests.RequestException as exc:
+                if not _never_sent(exc):
+                    raise SubmitUncertainError(
+                        f"the create request was sent but no answer came back ({_brief(exc)})"
+                    ) from None
+                connect_failures += 1
+                if connect_failures > CONNECT_RETRIES:
+                    raise ApiError(f"could not connect to {self._base_host} ({_brief(exc)})",
+                                   advice="Check the network, proxy settings and DASHSCOPE_HTTP_BASE_URL.") from None
+                ticker.wait(self._timeouts.connect_retry_s * 2 ** (connect_failures - 1))
+                continue
+            if response.status_code in (200, 201):
+                quota.accepted()
+                try:
+                    return Submitted.from_json(response.json())
+                except (ValueError, ProtocolError) as exc:
+                    raise SubmitUncertainError(f"the service accepted the request but its answer is unreadable ({exc})") from None
+            error = ServiceError.from_json(_json_or_none(response))
+            if error is None:
+                if response.status_code >= 500:
+                    raise SubmitUncertainError(
+                        f"the create request got HTTP {response.status_code} from a gateway, with no service answer"
+                    )
+                raise ApiError(f"the service refused the request with HTTP {response.status_code}",
+                               http_status=response.status_code)
+            if response.status_code == 429 and error.code.startswith("Throttling") and error.code != "Throttling.AllocationQuota":
+                now = ticker.now()
+                throttled_since = now if throttled_since is None else throttled_since
+                if now - throttled_since > THROTTLE_GIVE_UP_S:
+                    raise _api_error("task submission was throttled for over two minutes", error, response.status_code)
+                log.info("submission throttled (%s); backing off", error.code)
+                quota.throttled(ticker)
+                continue
+            if response.status_code >= 500 and server_refusals < RETRYABLE_CREATE_5XX:
+                server_refusals += 1
+                log.info("create refused with %s (%s); retrying", response.status_code, error.code)
+                ticker.wait(1.0 * server_refusals)
+                continue
+            raise _api_error("the service refused the task", error, response.status_code)
+
+    # --- task API -----------------------------------------------------------------------------
+
+    def query(self, task_id: str) -> TaskState:
+        """One GET /tasks/{id}. Raises TransientError for what a retry may fix."""
+        response = self._get(f"/tasks/{task_id}", timeout_s=self._timeouts.query_read_s, what="checking the task", task_id=task_id)
+        try:
+            return TaskState.from_json(response.json())
+        except ValueError:
+            raise TransientError("the task status answer was not JSON", task_id=task_id) from None
+
+    def list_tasks(self, *, status: str | None = None, page_size: int = 20) -> list[TaskSummary]:
+        """GET /tasks for this model over the last 24 h (a free call: also the connection test)."""
+        params = {"model_name": "wanx2.1-imageedit", "page_no": "1", "page_size": str(page_size)}
+        if status:
+            params["status"] = status
+        response = self._get("/tasks", timeout_s=self._timeouts.query_read_s, what="listing tasks", params=params)
+        try:
+            return TaskSummary.list_from_json(response.json())
+        except ValueError:
+            raise TransientError("the task list answer was not JSON") from None
+
+    def cancel(self, task_id: str) -> bool:
+        """Cancel a task. True: it was PENDING and is now CANCELED (free). False: it already
+        runs or ended, so it may be billed. Raises ApiError when the call itself failed."""
+        try:
+            response = self._session.post(
+                f"{self._settings.base_url}/tasks/{task_id}/cancel", headers=self._auth(), timeout=self._timeouts.cancel_s,
+            )
+        except requests.RequestException as exc:
+            raise ApiError(f"could not ask the service to cancel the task ({_brief(exc)})", task_id=task_id) from None
+        if response.status_code == 200:
+            return True
+        error = ServiceError.from_json(_json_or_none(response))
+        if error is not None and error.code == "UnsupportedOperation":
+            return False
+        raise _api_error("the service did not cancel the task", error, response.status_code, task_id=task_id)
+
+    def _get(self, path: str, *, timeout_s: float, what: str, task_id: str | None = None,
+             params: Mapping[str, str] | None = None) -> requests.Response:
+        try:
+            response = self._session.get(
+                self._settings.base_url + path, headers=self._auth(), params=params,
+                timeout=(self._timeouts.connect_s, timeout_s),
+            )
+        except requests.RequestException as exc:
+            raise TransientError(f"no answer while {what} ({_brief(exc)})", task_id=task_id) from None
+        if response.status_code == 200:
+            return response
+        error = ServiceError.from_json(_json_or_none(response))
+        if response.status_code == 429 or response.status_code >= 500:
+            raise TransientError(f"HTTP {response.status_code} while {what}", code=error.code if error else None,
+                                 request_id=error.request_id if error else None, task_id=task_id,
+                                 http_status=response.status_code)
+        raise _api_error(f"the service refused {what}", error, response.status_code, task_id=task_id)
+
+    # --- results ------------------------------------------------------------------------------
+
+    def check_result_url(self, url: str, *, task_id: str) -> None:
+        """Results are fetched only from the service's result hosts over https, or from the
+        configured endpoint's own host (the emulator, a gateway)."""
+        parts = urlsplit(url)
+        allowed = (parts.scheme == "https" and bool(parts.hostname) and RESULT_HOST.match(parts.hostname or "")) or (
+            parts.netloc == self._base_host and parts.scheme in ("http", "https")
+        )
+        if not allowed:
+            raise DownloadError(
+                f"refusing to download a result from an unexpected host {parts.scheme}://{parts.netloc}",
+                task_id=task_id,
+                advice=f"The image is still on the service for 24 hours: {url}",
+            )
+
+    def download(self, url: str, *, task_id: str, ticker: Ticker, decode: Callable[[bytes], Any]) -> Any:
+        """Fetch one result and decode it, retrying transient failures and undecodable bytes."""
+        self.check_result_url(url, task_id=task_id)
+        last: str = ""
+        for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
+            try:
+                response = self._downloads.get(url, timeout=(self._timeouts.connect_s, self._timeouts.download_read_s))
+                if response.status_code == 200:
+                    return decode(response.content)
+                last = f"HTTP {response.status_code}"
+                if response.status_code in (403, 404, 410):
+                    break  # expired or gone: retrying cannot help
+            except requests.RequestException as exc:
+                last = _brief(exc)
+            except WanxError as exc:  # the bytes did not decode; a truncated transfer is worth one more try
+                last = exc.what
+            ticker.wait(min(0.5 * 2 ** (attempt - 1), 8.0))
+        raise DownloadError(f"could not download a result image ({last})", task_id=task_id,
+                            advice=f"It was generated and billed; fetch it within 24 hours from {url}")
+
+
+def _never_sent(exc: requests.RequestException) -> bool:
+    """True only when the connection never opened, so the service cannot have seen the request."""
+    if isinstance(exc, requests.ConnectTimeout):
+        return True
+    if isinstance(exc, requests.ConnectionError):
+        reason = exc.args[0] if exc.args else None
+        inner = getattr(reason, "reason", reason)
+        return isinstance(inner, urllib3.exceptions.NewConnectionError | urllib3.exceptions.NameResolutionError)
+    return False
+
+
+def _api_error(what: str, error: ServiceError | None, http_status: int, *, task_id: str | None = None) -> ApiError:
+    if error is None:
+        return ApiError(f"{what} (HTTP {http_status})", http_status=http_status, task_id=task_id)
+    detail = f": {error.message}" if error.message and error.message != error.code else ""
+    return ApiError(f"{what}{detail}", code=error.code, request_id=error.request_id, task_id=task_id,
+                    http_status=http_status)
+
+
+def _json_or_none(response: requests.Response) -> object:
+    if "json" not in response.headers.get("Content-Type", ""):
+        return None
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+def _brief(exc: BaseException) -> str:
+    """A short, key-free description of a transport failure."""
+    name = type(exc).__name__
+    if isinstance(exc, requests.Timeout):
+        return f"{name}: timed out"
+    return name

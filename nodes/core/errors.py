@@ -1,0 +1,158 @@
+"""One error family for the pack. Every message is written for the artist: what happened,
+the service's code and the task or request id, and what to do next. ComfyUI shows
+``str(exc)`` to the user, so these strings are UI text. No message ever carries the API key."""
+
+from __future__ import annotations
+
+# What the artist should do, by the service's error code (spec section 9). Codes not listed
+# fall back to the generic advice of their error class.
+_ADVICE_BY_CODE: dict[str, str] = {
+    "InvalidApiKey": (
+        "Check the API key. wanx2.1-imageedit runs only in the China (Beijing) region, so it "
+        "needs a Beijing-region DashScope key; a Singapore/international key is refused here. "
+        "Set DASHSCOPE_API_KEY, or put the key in ~/.dashscope/api_key."
+    ),
+    "Arrearage": "Your Alibaba Cloud account has an overdue payment. Top it up in the console, then retry.",
+    "AccessDenied.Unpurchased": (
+        "Model Studio (Bailian) is not activated for this account, or the model is not enabled. "
+        "Activate it in the Alibaba Cloud console (China (Beijing) region), then retry."
+    ),
+    "Model.AccessDenied": "This workspace has no permission for wanx2.1-imageedit. Grant it in the console.",
+    "Workspace.AccessDenied": "This workspace has no permission for wanx2.1-imageedit. Grant it in the console.",
+    "AllocationQuota.FreeTierOnly": (
+        "The free tier is used up and 'stop when free quota is used up' is on. Turn it off in the "
+        "console to pay per image."
+    ),
+    "DataInspectionFailed": (
+        "Content moderation refused this input or output. Change the image or the prompt; "
+        "a moderated request is not billed."
+    ),
+    "IPInfringementSuspect": (
+        "The service suspects intellectual-property infringement in the prompt or image. "
+        "Change the input; nothing was billed."
+    ),
+    "Throttling": "The account's rate limit was hit. Wait a minute and retry, or run fewer tasks at once.",
+    "Throttling.RateQuota": "The account's rate limit was hit. Wait a minute and retry, or run fewer tasks at once.",
+    "Throttling.BurstRate": "Requests rose too quickly. Wait a minute and retry with a smaller batch.",
+    "Throttling.AllocationQuota": "The account's quota is used up. Raise the quota in the console.",
+    "InternalError": "The service had an internal error. Retry in a moment.",
+    "InternalError.Timeout": "The service timed out on this image. Retry it.",
+    "UNKNOWN": (
+        "The service no longer knows this task: task data is kept only 24 hours, and a task is "
+        "visible only to keys of the account (and region) that created it."
+    ),
+}
+
+
+def advice_for(code: str | None) -> str | None:
+    """Return the advice sentence for a service error code, matching its family prefix too."""
+    if not code:
+        return None
+    if code in _ADVICE_BY_CODE:
+        return _ADVICE_BY_CODE[code]
+    if code.startswith("Throttling"):
+        return _ADVICE_BY_CODE["Throttling"]
+    if code.startswith("InvalidParameter"):
+        return "Fix the named parameter or input and run again; nothing was billed."
+    if code.startswith("InternalError"):
+        return _ADVICE_BY_CODE["InternalError"]
+    return None
+
+
+def _compose(what: str, *, code: str | None, ids: dict[str, str | None], todo: str | None) -> str:
+    parts = [what.rstrip(".") + "."]
+    tags = [f"code {code}"] if code else []
+    tags += [f"{name} {value}" for name, value in ids.items() if value]
+    if tags:
+        parts.append("(" + ", ".join(tags) + ")")
+    if todo:
+        parts.append(todo)
+    return " ".join(parts)
+
+
+class WanxError(Exception):
+    """Base of everything this pack raises on purpose."""
+
+    default_advice: str | None = None
+
+    def __init__(
+        self,
+        what: str,
+        *,
+        code: str | None = None,
+        request_id: str | None = None,
+        task_id: str | None = None,
+        advice: str | None = None,
+    ) -> None:
+        self.what = what
+        self.code = code
+        self.request_id = request_id
+        self.task_id = task_id
+        self.advice = advice or advice_for(code) or self.default_advice
+        super().__init__(
+            _compose(what, code=code, ids={"task": task_id, "request": request_id}, todo=self.advice)
+        )
+
+
+class InputError(WanxError):
+    """The input breaks a rule of the service; raised before anything billable is sent."""
+
+    def __init__(self, rule: str, *, value: object, fix: str) -> None:
+        super().__init__(f"{rule}; got {value}", advice=fix)
+
+
+class ConfigError(WanxError):
+    """The pack is not set up to reach the service (no key, bad base URL)."""
+
+
+class ApiError(WanxError):
+    """The HTTP call failed: the service refused it, or it could not be completed."""
+
+    default_advice = "Retry in a moment; if it persists, check the service status and your network."
+
+    def __init__(self, what: str, *, http_status: int | None = None, **kwargs: object) -> None:
+        self.http_status = http_status
+        super().__init__(what, **kwargs)  # type: ignore[arg-type]
+
+
+class SubmitUncertainError(ApiError):
+    """The create request went out but no answer came back: a paid task may exist.
+
+    It is never resubmitted automatically, because that could bill the same edit twice."""
+
+    default_advice = (
+        "A task may have been created and may be billed. Do not simply queue again: list recent "
+        "tasks with `wanx-imageedit tasks` (or in the Model Studio console) and recover the result "
+        "with `wanx-imageedit fetch TASK_ID` before retrying."
+    )
+
+
+class TaskFailedError(WanxError):
+    """The task ran and the service reports it failed (whole task, or every image of it)."""
+
+    default_advice = "Failed images are not billed. Adjust the input or retry."
+
+
+class TaskTimeoutError(WanxError):
+    """Our wait ran out while the task was still pending or running on the service."""
+
+    default_advice = (
+        "The task may still finish and be billed. Recover its result within 24 hours with "
+        "`wanx-imageedit fetch TASK_ID`, or raise the wait limit (WANX_TASK_TIMEOUT_S)."
+    )
+
+
+class CanceledError(WanxError):
+    """The user interrupted the run. Pending tasks were cancelled on the service."""
+
+
+class DownloadError(WanxError):
+    """A result image could not be fetched or decoded; its URL stays valid for 24 hours."""
+
+    default_advice = "The image was generated (and billed); download it from the URL within 24 hours, or retry the fetch."
+
+
+class ProtocolError(WanxError):
+    """The service answered in a shape this pack does not understand."""
+
+    default_advice = "This pack may be out of date for the service. Please report it with the ids above."

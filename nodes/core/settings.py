@@ -1,0 +1,107 @@
+"""Where the key, the endpoint and the limits come from. The key is read the way the official
+SDK reads it, so an existing setup just works: DASHSCOPE_API_KEY, else the file named by
+DASHSCOPE_API_KEY_FILE_PATH, else ~/.dashscope/api_key. It never appears in a repr."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from .errors import ConfigError
+
+BEIJING_BASE_URL = "https://dashscope.aliyuncs.com/api/v1"
+INTL_HOST = "dashscope-intl.aliyuncs.com"
+
+
+@dataclass(frozen=True)
+class Settings:
+    api_key: str = field(repr=False)
+    key_source: str  # "environment", "key file <path>", "settings": shown instead of the key
+    base_url: str = BEIJING_BASE_URL
+    max_in_flight: int = 2  # the account's concurrent-task quota (spec section 10)
+    submits_per_s: float = 2.0  # the account's task-submission quota
+    task_timeout_s: float = 900.0  # our whole wait for one task, queue included
+    poll_outage_s: float = 600.0  # how long polls may keep failing before we give up on a task
+
+    @property
+    def key_hint(self) -> str:
+        """Where the key comes from and its last 4 characters: all the UI may ever show."""
+        return f"{self.key_source}, ending …{self.api_key[-4:]}" if len(self.api_key) >= 8 else self.key_source
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, *, home: Path | None = None, stored_key_file: Path | None = None,
+    ) -> Settings:
+        """Read settings from ``environ`` (default os.environ). ``stored_key_file`` is the key
+        saved through ComfyUI's settings; the environment and the SDK's key files win over it."""
+        env = os.environ if environ is None else environ
+        key, source = _find_key(env, home=home or Path.home(), stored_key_file=stored_key_file)
+        base_url = env.get("DASHSCOPE_HTTP_BASE_URL", "").strip().rstrip("/") or BEIJING_BASE_URL
+        check_base_url(base_url)
+        return cls(
+            api_key=key, key_source=source, base_url=base_url,
+            max_in_flight=_int(env, "WANX_MAX_CONCURRENT_TASKS", 2, minimum=1),
+            submits_per_s=float(_int(env, "WANX_SUBMITS_PER_SECOND", 2, minimum=1)),
+            task_timeout_s=float(_int(env, "WANX_TASK_TIMEOUT_S", 900, minimum=10)),
+            poll_outage_s=float(_int(env, "WANX_POLL_OUTAGE_S", 600, minimum=10)),
+        )
+
+
+def check_base_url(base_url: str) -> None:
+    """Refuse endpoints this model cannot work with, before any request is made."""
+    parts = urlsplit(base_url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"DASHSCOPE_HTTP_BASE_URL is not an http(s) URL: {base_url!r}",
+                          advice="Use e.g. https://dashscope.aliyuncs.com/api/v1, or unset it.")
+    if parts.hostname == INTL_HOST:
+        raise ConfigError(
+            "DASHSCOPE_HTTP_BASE_URL points at the international (Singapore) endpoint, but "
+            "wanx2.1-imageedit exists only in China (Beijing)",
+            advice=f"Use {BEIJING_BASE_URL} with a Beijing-region key.",
+        )
+    if parts.scheme == "http" and parts.hostname not in ("127.0.0.1", "localhost", "::1"):
+        raise ConfigError(f"refusing to send the API key over plain http to {parts.hostname}",
+                          advice="Use https, or a loopback address for the emulator.")
+
+
+def _find_key(env: Mapping[str, str], *, home: Path, stored_key_file: Path | None) -> tuple[str, str]:
+    key = env.get("DASHSCOPE_API_KEY", "").strip()
+    if key:
+        return key, "environment (DASHSCOPE_API_KEY)"
+    candidates = []
+    if env.get("DASHSCOPE_API_KEY_FILE_PATH"):
+        candidates.append(Path(env["DASHSCOPE_API_KEY_FILE_PATH"]).expanduser())
+    candidates.append(home / ".dashscope" / "api_key")
+    for path in candidates:
+        if path.is_file():
+            key = path.read_text(encoding="utf-8").strip()
+            if key:
+                return key, f"key file {path}"
+    if stored_key_file is not None and stored_key_file.is_file():
+        key = stored_key_file.read_text(encoding="utf-8").strip()
+        if key:
+            return key, "ComfyUI settings"
+    raise ConfigError(
+        "no DashScope API key is configured",
+        advice=(
+            "Set DASHSCOPE_API_KEY in the environment ComfyUI starts from, or put the key alone in "
+            "~/.dashscope/api_key. It must be a China (Beijing) region key. To try the pack without "
+            "a key, run the emulator (`wanx-imageedit emulator`) and set DASHSCOPE_HTTP_BASE_URL to it."
+        ),
+    )
+
+
+def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number; got {raw!r}", advice=f"Unset it for the default {default}.") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}; got {value}", advice=f"Unset it for the default {default}.")
+    return value

@@ -1,0 +1,95 @@
+"""The ten ComfyUI nodes, one per function, built from the function table. A node translates
+types: its schema comes from the table, and execute() hands the tensors to the core.
+
+V3 schema, pinned to comfy_api.v0_0_2 where it exists (`latest` is allowed to move under us)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+try:
+    from comfy_api.v0_0_2 import ComfyExtension, io
+except ImportError:  # a newer ComfyUI that dropped the pinned version
+    from comfy_api.latest import ComfyExtension, io
+
+from . import host
+from .core import edit
+from .core.errors import WanxError
+from .core.functions import CUSTOM_STYLE, FUNCTIONS, SEED, EditFunction, Kind, Param, build_parameters, build_prompt
+
+CATEGORY = "image/Wanx 2.1 Edit"
+
+
+def _param_input(param: Param) -> io.Input:
+    if param.kind is Kind.BOOL:
+        return io.Boolean.Input(param.name, default=bool(param.default), tooltip=param.help_en)
+    if param.kind is Kind.INT:
+        return io.Int.Input(
+            param.name, default=int(param.default), min=int(param.minimum or 0), max=int(param.maximum or 0),
+            step=int(param.step or 1), tooltip=param.help_en, control_after_generate=param is SEED or None,
+        )
+    return io.Float.Input(
+        param.name, default=float(param.default), min=param.minimum, max=param.maximum, step=param.step,
+        round=param.step, tooltip=param.help_en,
+    )
+
+
+def schema_for(fn: EditFunction) -> io.Schema:
+    inputs: list[io.Input] = [io.Image.Input("image", tooltip="The image(s) to edit; a batch runs one task per image.")]
+    if fn.needs_mask:
+        inputs.append(io.Mask.Input("mask", tooltip="White (1) = the area to edit. A batch of 1 applies to every image."))
+    if fn.styles is not None:
+        inputs.append(io.Combo.Input("style", options=list(fn.styles.keys), default=fn.styles.styles[0].key,
+                                     tooltip="A documented style, or 'custom' to send the prompt as written."))
+    inputs.append(io.String.Input("prompt", multiline=True, default=fn.default_prompt or "", tooltip=fn.prompt_hint_en))
+    inputs.extend(_param_input(param) for param in fn.all_params)
+    return io.Schema(
+        node_id=fn.node_id, display_name=f"Wanx {fn.title_en}", category=CATEGORY,
+        description=f"{fn.summary_en} ({fn.title_zh}; wanx2.1-imageedit `{fn.api_name}`)",
+        inputs=inputs,
+        outputs=[
+            io.Image.Output("images", display_name="images", tooltip="Every result, grouped per input image, in order."),
+            io.String.Output("report", display_name="report", tooltip="JSON: task ids, image counts, failures, timings."),
+        ],
+    )
+
+
+def node_class(fn: EditFunction) -> type[io.ComfyNode]:
+    class WanxEditNode(io.ComfyNode):
+        FUNCTION_SPEC = fn
+
+        @classmethod
+        def define_schema(cls) -> io.Schema:
+            return schema_for(fn)
+
+        @classmethod
+        def validate_inputs(cls, **inputs: Any) -> bool | str:
+            """Refuse bad widget values when the graph is queued, before anything is sent."""
+            values = {p.name: inputs[p.name] for p in fn.all_params if inputs.get(p.name) is not None}
+            try:
+                build_parameters(fn, values)
+                if isinstance(inputs.get("prompt"), str):
+                    build_prompt(fn, prompt=inputs["prompt"], style=inputs.get("style") or CUSTOM_STYLE)
+            except WanxError as exc:
+                return str(exc)
+            return True
+
+        @classmethod
+        def execute(cls, image: Any, prompt: str, mask: Any = None, style: str = CUSTOM_STYLE,
+                    **values: Any) -> io.NodeOutput:
+            request = edit.prepare(fn, image=image, mask=mask, prompt=prompt, style=style, values=values)
+            outcome = host.run(request)
+            report = json.dumps(outcome.report(), ensure_ascii=False, indent=1)
+            return io.NodeOutput(outcome.images_tensor(), report)
+
+    WanxEditNode.__name__ = WanxEditNode.__qualname__ = fn.node_id
+    return WanxEditNode
+
+
+NODE_CLASSES: tuple[type[io.ComfyNode], ...] = tuple(node_class(fn) for fn in FUNCTIONS)
+
+
+class WanxImageEditExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return list(NODE_CLASSES)

@@ -1,0 +1,327 @@
+"""images.py: tensor conventions, size planning, mask rules, encoding and decoding. All tensors are
+built in memory; the only large one is the real-size JPEG fallback check."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from wanx_imageedit.nodes.core import images
+from wanx_imageedit.nodes.core.errors import DownloadError, InputError
+from wanx_imageedit.nodes.core.functions import ImageSize
+
+
+def file_bytes(encoded: images.Encoded) -> bytes:
+    header, payload = encoded.data_uri.split(",", 1)
+    assert header == f"data:{encoded.mime};base64"
+    return base64.b64decode(payload)
+
+
+def random_uint8(height: int, width: int, channels: int = 3, *, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (height, width, channels), dtype=np.uint8)
+
+
+def as_image(pixels: np.ndarray) -> torch.Tensor:
+    """uint8 [H,W,C] -> float [H,W,C] holding exactly k/255."""
+    return torch.from_numpy(pixels.astype(np.float32) / 255.0)
+
+
+# --- plan_fit ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("size", "expected"),
+    [
+        ((512, 512), (512, 512)),
+        ((4096, 4096), (4096, 4096)),
+        ((4096, 512), (4096, 512)),  # exactly 8:1 fits unchanged
+        ((1000, 600), (1000, 600)),
+        ((511, 600), (512, 601)),  # 600 * 512/511 = 601.17
+        ((4097, 1000), (4096, 1000)),  # 1000 * 4096/4097 = 999.76
+        ((300, 300), (512, 512)),
+        ((8000, 6000), (4096, 3072)),
+        ((700, 5000), (573, 4096)),  # 700 * 0.8192 = 573.44
+    ],
+)
+def test_plan_fit_keeps_in_limit_sizes_and_scales_the_rest_uniformly(
+    size: tuple[int, int], expected: tuple[int, int]
+) -> None:
+    assert images.plan_fit(ImageSize(*size)) == ImageSize(*expected)
+
+
+@pytest.mark.parametrize("size", [(511, 511), (4097, 4097), (300, 2000), (9000, 1200), (600, 4800), (513, 4095)])
+def test_plan_fit_result_is_inside_the_limits_with_aspect_within_one_pixel(size: tuple[int, int]) -> None:
+    width_px, height_px = size
+    fitted = images.plan_fit(ImageSize(width_px, height_px))
+    assert 512 <= fitted.width <= 4096 and 512 <= fitted.height <= 4096
+    # one side is pinned to a bound; the other is the exactly scaled value, rounded
+    assert min(
+        abs(fitted.width - fitted.height * width_px / height_px),
+        abs(fitted.height - fitted.width * height_px / width_px),
+    ) <= 1
+
+
+@pytest.mark.parametrize("size", [(5000, 400), (300, 4000), (600, 5000), (4097, 512)])
+def test_plan_fit_refuses_strips_no_uniform_scale_can_fit(size: tuple[int, int]) -> None:
+    # 600x5000 is 8.33:1: height 4096 would make the width 491.5 px, below 512.
+    with pytest.raises(InputError) as caught:
+        images.plan_fit(ImageSize(*size))
+    message = str(caught.value)
+    assert f"{size[0]}x{size[1]}" in message
+    assert "8:1" in message and "Crop or pad" in message
+
+
+def test_plan_fit_refuses_an_empty_size() -> None:
+    with pytest.raises(InputError, match="positive"):
+        images.plan_fit(ImageSize(0, 600))
+
+
+def test_image_size_reads_batches_and_single_images() -> None:
+    assert images.image_size(torch.zeros(2, 30, 40, 3)) == ImageSize(40, 30)
+    assert images.image_size(torch.zeros(30, 40, 4)) == ImageSize(40, 30)
+    with pytest.raises(InputError):
+        images.image_size(torch.zeros(30, 40))
+
+
+# --- encode_image ------------------------------------------------------------------------------------
+
+
+def test_alpha_is_flattened_onto_white_with_exact_pixel_values() -> None:
+    rgba = torch.zeros(512, 512, 4)
+    rgba[0, 0] = torch.tensor([1.0, 0.0, 0.0, 0.0])  # fully transparent red -> white
+    rgba[0, 1] = torch.tensor([1.0, 0.0, 0.0, 1.0])  # opaque red stays red
+    rgba[0, 2] = torch.tensor([0.2, 0.6, 1.0, 0.5])  # half: rgb*0.5 + 0.5 = 0.6, 0.8, 1.0
+    rgba[0, 3] = torch.tensor([0.0, 0.0, 0.0, 0.25])  # 0.75 * 255 = 191.25
+    encoded = images.encode_image(rgba)
+    assert encoded.mime == "image/png"
+    decoded = images.decode_image(file_bytes(encoded))
+    assert decoded[0, 0].tolist() == [255, 255, 255]
+    assert decoded[0, 1].tolist() == [255, 0, 0]
+    assert decoded[0, 2].tolist() == [153, 204, 255]
+    assert decoded[0, 3].tolist() == [191, 191, 191]
+    assert decoded[5, 5].tolist() == [255, 255, 255]  # zeros with alpha 0 -> white
+
+
+def test_in_limit_png_round_trip_keeps_pixels_exactly() -> None:
+    pixels = random_uint8(520, 640)
+    encoded = images.encode_image(as_image(pixels))
+    data = file_bytes(encoded)
+    assert encoded.mime == "image/png"
+    assert encoded.sent_size == encoded.original_size == ImageSize(640, 520)
+    assert encoded.byte_count == len(data)
+    assert encoded.sha256 == hashlib.sha256(data).hexdigest()
+    np.testing.assert_array_equal(images.decode_image(data), pixels)
+
+
+def test_values_are_clamped_and_the_callers_tensor_is_untouched() -> None:
+    image = torch.full((512, 512, 3), 0.5)
+    image[0, 0] = torch.tensor([-0.5, 1.5, float("nan")])
+    before = image.clone()
+    decoded = images.decode_image(file_bytes(images.encode_image(image)))
+    assert decoded[0, 0].tolist() == [0, 255, 0]
+    assert torch.equal(image[1:], before[1:]) and torch.equal(image[0, 0, :2], before[0, 0, :2])
+
+
+def test_small_image_is_upscaled_to_the_planned_size() -> None:
+    encoded = images.encode_image(torch.rand(200, 300, 3))
+    assert encoded.original_size == ImageSize(300, 200)
+    assert encoded.sent_size == ImageSize(768, 512)
+    assert images.decode_image(file_bytes(encoded)).shape == (512, 768, 3)
+
+
+def test_png_over_max_bytes_falls_back_to_jpeg_that_fits() -> None:
+    noise = as_image(random_uint8(600, 600))  # PNG ~1.08 MB: incompressible
+    encoded = images.encode_image(noise, max_bytes=400_000)
+    assert encoded.mime == "image/jpeg"
+    assert encoded.data_uri.startswith("data:image/jpeg;base64,")
+    assert encoded.byte_count <= 400_000
+    assert images.decode_image(file_bytes(encoded)).shape == (600, 600, 3)
+
+
+def test_image_that_fits_no_jpeg_quality_is_refused() -> None:
+    with pytest.raises(InputError, match="at most 1000 bytes"):
+        images.encode_image(as_image(random_uint8(512, 512)), max_bytes=1000)
+
+
+def test_real_size_noisy_4096_image_is_sent_as_jpeg_under_the_service_limit() -> None:
+    noise = torch.rand(4096, 4096, 3, generator=torch.Generator().manual_seed(1))
+    started = time.perf_counter()
+    encoded = images.encode_image(noise)
+    elapsed_s = time.perf_counter() - started
+    assert encoded.mime == "image/jpeg"
+    assert encoded.byte_count <= images.MAX_FILE_BYTES
+    assert encoded.sent_size == ImageSize(4096, 4096)
+    assert elapsed_s < 5, f"encoding took {elapsed_s:.1f} s"
+
+
+@pytest.mark.parametrize(
+    ("image", "fragment"),
+    [
+        (torch.zeros(512, 512, 2), "3 (RGB) or 4 (RGBA)"),
+        (torch.zeros(512, 512, 3, dtype=torch.uint8), "floating-point"),
+        (torch.zeros(1, 512, 512, 3), "[height, width, channels]"),
+    ],
+)
+def test_encode_image_refuses_wrong_shapes_and_dtypes(image: torch.Tensor, fragment: str) -> None:
+    with pytest.raises(InputError) as caught:
+        images.encode_image(image)
+    assert fragment in str(caught.value)
+
+
+# --- masks -------------------------------------------------------------------------------------------
+
+
+def test_mask_is_resized_with_its_image_and_binarized() -> None:
+    mask = torch.full((200, 300), 0.3)  # 0.3 -> black
+    mask[:, 150:] = 0.7  # right half -> white
+    image_encoded = images.encode_image(torch.rand(200, 300, 3))
+    mask_encoded = images.encode_mask(mask, sent_size=image_encoded.sent_size)
+    data = file_bytes(mask_encoded)
+    with Image.open(io.BytesIO(data)) as pil:
+        assert pil.mode == "L"
+        assert pil.size == tuple(image_encoded.sent_size) == (768, 512)
+        values = np.array(pil)
+    assert set(np.unique(values).tolist()) == {0, 255}
+    assert (values[:, :384] == 0).all() and (values[:, 384:] == 255).all()
+    assert mask_encoded.sent_size == ImageSize(768, 512)
+    assert mask_encoded.original_size == ImageSize(300, 200)
+    assert mask_encoded.mime == "image/png"
+
+
+def test_empty_mask_is_refused() -> None:
+    with pytest.raises(InputError, match="no white"):
+        images.encode_mask(torch.full((512, 512), 0.49), sent_size=ImageSize(512, 512))
+
+
+def test_mask_whose_white_vanishes_when_shrunk_is_refused() -> None:
+    mask = torch.zeros(600, 600)
+    mask[3, :] = 1.0  # one row, which NEAREST from 600 to 512 rows does not sample
+    with pytest.raises(InputError, match="after scaling"):
+        images.encode_mask(mask, sent_size=ImageSize(512, 512))
+
+
+def image_batch(batch: int, height: int = 8, width: int = 6) -> torch.Tensor:
+    return torch.rand(batch, height, width, 3)
+
+
+def test_single_mask_applies_to_every_image() -> None:
+    mask = torch.rand(1, 8, 6)
+    pairs = images.pair_batches(image_batch(3), mask)
+    assert len(pairs) == 3
+    assert all(m is not None and torch.equal(m, mask[0]) for _, m in pairs)
+
+
+def test_two_dimensional_mask_is_normalised_like_comfyui() -> None:
+    mask = torch.rand(8, 6)
+    pairs = images.pair_batches(image_batch(2), mask)
+    assert [p[1].shape for p in pairs] == [torch.Size([8, 6])] * 2  # type: ignore[union-attr]
+
+
+def test_mask_batch_of_the_same_length_pairs_by_index() -> None:
+    batch = image_batch(3)
+    masks = torch.rand(3, 8, 6)
+    pairs = images.pair_batches(batch, masks)
+    for index, (image, mask) in enumerate(pairs):
+        assert torch.equal(image, batch[index])
+        assert mask is not None and torch.equal(mask, masks[index])
+
+
+def test_no_mask_gives_none_for_every_image() -> None:
+    assert [m for _, m in images.pair_batches(image_batch(2), None)] == [None, None]
+
+
+def test_mask_batch_of_another_length_is_refused() -> None:
+    with pytest.raises(InputError, match="2 masks for 3 images"):
+        images.pair_batches(image_batch(3), torch.rand(2, 8, 6))
+
+
+def test_mask_size_mismatch_names_both_sizes_and_the_load_image_pitfall() -> None:
+    image = torch.rand(1, 512, 600, 3)
+    empty_load_image_mask = torch.zeros(1, 64, 64)
+    with pytest.raises(InputError) as caught:
+        images.pair_batches(image, empty_load_image_mask)
+    message = str(caught.value)
+    assert "mask 64x64" in message and "image 600x512" in message
+    assert "Load Image" in message
+
+
+@pytest.mark.parametrize(
+    ("image", "mask", "fragment"),
+    [
+        (torch.rand(8, 6, 3), None, "[batch, height, width, channels]"),
+        (torch.rand(0, 8, 6, 3), None, "empty"),
+        (torch.rand(1, 8, 6, 5), None, "3 (RGB) or 4 (RGBA)"),
+        (torch.zeros(1, 8, 6, 3, dtype=torch.uint8), None, "floating-point"),
+        (torch.rand(1, 8, 6, 3), torch.rand(1, 1, 8, 6), "[batch, height, width]"),
+        (torch.rand(1, 8, 6, 3), torch.ones(1, 8, 6, dtype=torch.int64), "floating-point"),
+    ],
+)
+def test_pair_batches_refuses_malformed_inputs(image: torch.Tensor, mask: torch.Tensor | None, fragment: str) -> None:
+    with pytest.raises(InputError) as caught:
+        images.pair_batches(image, mask)
+    assert fragment in str(caught.value)
+
+
+# --- decode and stack --------------------------------------------------------------------------------
+
+
+def png_bytes(pil: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    pil.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_decoded_rgba_result_is_flattened_onto_white() -> None:
+    pil = Image.new("RGBA", (2, 1), (0, 0, 0, 0))
+    pil.putpixel((1, 0), (0, 0, 255, 255))
+    decoded = images.decode_image(png_bytes(pil))
+    assert decoded.dtype == np.uint8 and decoded.shape == (1, 2, 3)
+    assert decoded.tolist() == [[[255, 255, 255], [0, 0, 255]]]
+
+
+def test_decoded_palette_and_gray_results_become_rgb() -> None:
+    palette = Image.new("P", (3, 2), 0)
+    palette.putpalette([10, 20, 30] + [0, 0, 0] * 255)
+    assert images.decode_image(png_bytes(palette))[0, 0].tolist() == [10, 20, 30]
+    gray = Image.new("L", (3, 2), 77)
+    assert images.decode_image(png_bytes(gray)).shape == (2, 3, 3)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"not an image at all", b"<?xml version='1.0'?><Error><Code>AccessDenied</Code></Error>"],
+)
+def test_decoding_garbage_raises_download_error(data: bytes) -> None:
+    with pytest.raises(DownloadError, match="not an image"):
+        images.decode_image(data)
+
+
+def test_decoding_a_truncated_png_raises_download_error() -> None:
+    data = png_bytes(Image.fromarray(random_uint8(64, 64)))
+    with pytest.raises(DownloadError, match="not an image"):
+        images.decode_image(data[: len(data) // 2])
+
+
+def test_stack_images_gives_float32_batch_in_zero_to_one() -> None:
+    first, second = random_uint8(5, 7, seed=1), random_uint8(5, 7, seed=2)
+    first[0, 0] = [0, 128, 255]
+    stacked = images.stack_images([first, second])
+    assert stacked.shape == (2, 5, 7, 3)
+    assert stacked.dtype == torch.float32
+    assert float(stacked.min()) >= 0.0 and float(stacked.max()) <= 1.0
+    assert stacked[0, 0, 0].tolist() == pytest.approx([0.0, 128 / 255, 1.0])
+    np.testing.assert_array_equal(np.rint(stacked.numpy() * 255).astype(np.uint8), np.stack([first, second]))
+
+
+def test_stack_images_refuses_unequal_sizes_naming_them() -> None:
+    with pytest.raises(InputError) as caught:
+        images.stack_images([random_uint8(5, 7), random_uint8(6, 7)])
+    message = str(caught.value)
+    assert "7x5" in message and "7x6" in message and "one image at a time" in message
