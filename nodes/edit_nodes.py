@@ -16,38 +16,38 @@ except ImportError:  # a newer ComfyUI that dropped the pinned version
 from . import host
 from .core import edit
 from .core.errors import WanxError
-from .core.functions import CUSTOM_STYLE, FUNCTIONS, SEED, EditFunction, Kind, Param, build_parameters, build_prompt
+from .core.functions import CUSTOM_STYLE, FUNCTIONS, EditFunction, NodeInput, build_parameters, build_prompt, node_inputs
 
 CATEGORY = "image/Wanx 2.1 Edit"
 
 
-def _param_input(param: Param) -> io.Input:
-    if param.kind is Kind.BOOL:
-        return io.Boolean.Input(param.name, default=bool(param.default), tooltip=param.help_en)
-    if param.kind is Kind.INT:
-        return io.Int.Input(
-            param.name, default=int(param.default), min=int(param.minimum or 0), max=int(param.maximum or 0),
-            step=int(param.step or 1), tooltip=param.help_en, control_after_generate=param is SEED or None,
-        )
-    return io.Float.Input(
-        param.name, default=float(param.default), min=param.minimum, max=param.maximum, step=param.step,
-        round=param.step, tooltip=param.help_en,
-    )
+def _input(spec: NodeInput, fn: EditFunction) -> io.Input:
+    param = spec.param
+    if spec.socket == "IMAGE":
+        return io.Image.Input(spec.name, tooltip="The image(s) to edit; a batch runs one task per image.")
+    if spec.socket == "MASK":
+        return io.Mask.Input(spec.name, tooltip="White (1) = the area to edit. A batch of 1 applies to every image.")
+    if spec.socket == "COMBO":
+        return io.Combo.Input(spec.name, options=list(spec.options), default=spec.default,
+                              tooltip="A documented style, or 'custom' to send the prompt as written.")
+    if spec.socket == "STRING":
+        return io.String.Input(spec.name, multiline=True, default=spec.default, tooltip=fn.prompt_hint_en)
+    assert param is not None  # every remaining input is a parameter of the table
+    if spec.socket == "BOOLEAN":
+        return io.Boolean.Input(spec.name, default=bool(param.default), tooltip=param.help_en)
+    if spec.socket == "INT":
+        return io.Int.Input(spec.name, default=int(param.default), min=int(param.minimum or 0),
+                            max=int(param.maximum or 0), step=int(param.step or 1), tooltip=param.help_en,
+                            control_after_generate=spec.control_after_generate or None)
+    return io.Float.Input(spec.name, default=float(param.default), min=param.minimum, max=param.maximum,
+                          step=param.step, round=param.step, tooltip=param.help_en)
 
 
 def schema_for(fn: EditFunction) -> io.Schema:
-    inputs: list[io.Input] = [io.Image.Input("image", tooltip="The image(s) to edit; a batch runs one task per image.")]
-    if fn.needs_mask:
-        inputs.append(io.Mask.Input("mask", tooltip="White (1) = the area to edit. A batch of 1 applies to every image."))
-    if fn.styles is not None:
-        inputs.append(io.Combo.Input("style", options=list(fn.styles.keys), default=fn.styles.styles[0].key,
-                                     tooltip="A documented style, or 'custom' to send the prompt as written."))
-    inputs.append(io.String.Input("prompt", multiline=True, default=fn.default_prompt or "", tooltip=fn.prompt_hint_en))
-    inputs.extend(_param_input(param) for param in fn.all_params)
     return io.Schema(
         node_id=fn.node_id, display_name=f"Wanx {fn.title_en}", category=CATEGORY,
         description=f"{fn.summary_en} ({fn.title_zh}; wanx2.1-imageedit `{fn.api_name}`)",
-        inputs=inputs,
+        inputs=[_input(spec, fn) for spec in node_inputs(fn)],
         outputs=[
             io.Image.Output("images", display_name="images", tooltip="Every result, grouped per input image, in order."),
             io.String.Output("report", display_name="report", tooltip="JSON: task ids, image counts, failures, timings."),

@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("tasks", help="list this account's wanx2.1-imageedit tasks of the last 24 hours (free)")
 
+    w = sub.add_parser("make-workflows", help="rewrite the example workflows, thumbnails and sample inputs")
+    w.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[2] / "workflows")
+
     f = sub.add_parser("fetch", help="download the results of an existing task (kept 24 hours)")
     f.add_argument("task_id")
     f.add_argument("--out", type=Path, default=Path("wanx_output"))
@@ -89,6 +92,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "tasks":
             return _tasks()
+        if args.command == "make-workflows":
+            from .workflows import write_all
+
+            print(f"{len(write_all(args.out))} files written to {args.out}")
+            return 0
         return _fetch(args.task_id, args.out)
     except WanxError as exc:
         print(f"error: {exc}", file=sys.stderr)

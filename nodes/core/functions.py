@@ -373,3 +373,38 @@ def output_size(fn: EditFunction, sent: ImageSize, parameters: Mapping[str, obje
             return round(side * (float(parameters.get(a, 1.0)) + float(parameters.get(b, 1.0))) / 2)  # type: ignore[arg-type]
         return ImageSize(grow(sent.width, "left_scale", "right_scale"), grow(sent.height, "top_scale", "bottom_scale"))
     return sent
+
+
+@dataclass(frozen=True)
+class NodeInput:
+    """One input of a function's ComfyUI node, in the node's order. Names are a public contract:
+    saved workflows bind to them."""
+
+    name: str
+    socket: str  # IMAGE, MASK, COMBO, STRING, INT, FLOAT, BOOLEAN
+    param: Param | None = None
+    options: tuple[str, ...] = ()
+    default: object = None
+
+    @property
+    def is_widget(self) -> bool:
+        return self.socket not in ("IMAGE", "MASK")
+
+    @property
+    def control_after_generate(self) -> bool:
+        return self.param is SEED
+
+
+def node_inputs(fn: EditFunction) -> tuple[NodeInput, ...]:
+    """The node's inputs: image, mask (inpainting), style (stylization), prompt, the function's
+    own parameters, then n, seed and watermark."""
+    inputs = [NodeInput("image", "IMAGE")]
+    if fn.needs_mask:
+        inputs.append(NodeInput("mask", "MASK"))
+    if fn.styles is not None:
+        inputs.append(NodeInput("style", "COMBO", options=fn.styles.keys, default=fn.styles.styles[0].key))
+    inputs.append(NodeInput("prompt", "STRING", default=fn.default_prompt or ""))
+    for param in fn.all_params:
+        inputs.append(NodeInput(param.name, param.kind.name if param.kind is not Kind.BOOL else "BOOLEAN",
+                                param=param, default=param.default))
+    return tuple(inputs)
