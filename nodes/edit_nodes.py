@@ -19,22 +19,22 @@ from .core.errors import WanxError
 from .core.functions import CUSTOM_STYLE, FUNCTIONS, EditFunction, NodeInput, build_parameters, build_prompt, node_inputs
 
 CATEGORY = "image/Wanx 2.1 Edit"
+FETCH_NODE_ID = "WanxImageEdit_FetchTask"
 
 
 def _input(spec: NodeInput, fn: EditFunction) -> io.Input:
     param = spec.param
     if spec.socket == "IMAGE":
-        return io.Image.Input(spec.name, tooltip="The image(s) to edit; a batch runs one task per image.")
+        return io.Image.Input(spec.name, tooltip=spec.help_en)
     if spec.socket == "MASK":
-        return io.Mask.Input(spec.name, tooltip="White (1) = the area to edit. A batch of 1 applies to every image.")
+        return io.Mask.Input(spec.name, tooltip=spec.help_en)
     if spec.socket == "COMBO":
-        return io.Combo.Input(spec.name, options=list(spec.options), default=spec.default,
-                              tooltip="A documented style, or 'custom' to send the prompt as written.")
+        return io.Combo.Input(spec.name, options=list(spec.options), default=spec.default, tooltip=spec.help_en)
     if spec.socket == "STRING":
-        return io.String.Input(spec.name, multiline=True, default=spec.default, tooltip=fn.prompt_hint_en)
-    assert param is not None  # every remaining input is a parameter of the table
+        return io.String.Input(spec.name, multiline=True, default=spec.default, tooltip=spec.help_en)
     if spec.socket == "BOOLEAN":
-        return io.Boolean.Input(spec.name, default=bool(param.default), tooltip=param.help_en)
+        return io.Boolean.Input(spec.name, default=bool(spec.default), tooltip=spec.help_en, optional=spec.optional)
+    assert param is not None  # every remaining input is a numeric parameter of the table
     if spec.socket == "INT":
         return io.Int.Input(spec.name, default=int(param.default), min=int(param.minimum or 0),
                             max=int(param.maximum or 0), step=int(param.step or 1), tooltip=param.help_en,
@@ -77,17 +77,41 @@ def node_class(fn: EditFunction) -> type[io.ComfyNode]:
 
         @classmethod
         def execute(cls, image: Any, prompt: str, mask: Any = None, style: str = CUSTOM_STYLE,
-                    **values: Any) -> io.NodeOutput:
+                    use_cache: bool = True, **values: Any) -> io.NodeOutput:
             request = edit.prepare(fn, image=image, mask=mask, prompt=prompt, style=style, values=values)
-            outcome = host.run(request)
-            report = json.dumps(outcome.report(), ensure_ascii=False, indent=1)
+            outcome, settings = host.run(request, reuse=use_cache)
+            report = json.dumps(outcome.report(currency=settings.currency), ensure_ascii=False, indent=1)
             return io.NodeOutput(outcome.images_tensor(), report)
 
     WanxEditNode.__name__ = WanxEditNode.__qualname__ = fn.node_id
     return WanxEditNode
 
 
-NODE_CLASSES: tuple[type[io.ComfyNode], ...] = tuple(node_class(fn) for fn in FUNCTIONS)
+class WanxFetchTask(io.ComfyNode):
+    """Recover the images of an earlier task (after a crash, a restart or a Cancel) at no cost."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id=FETCH_NODE_ID, display_name="Wanx Fetch Task Result", category=CATEGORY,
+            description="Returns the images of an earlier wanx2.1-imageedit task (kept 24 hours by the service). "
+            "Leave task_id empty for the newest task whose results were never saved.",
+            inputs=[io.String.Input("task_id", default="", tooltip="A task id, or empty for the newest unsaved task.")],
+            outputs=[io.Image.Output("images", display_name="images"), io.String.Output("report", display_name="report")],
+        )
+
+    @classmethod
+    def fingerprint_inputs(cls, task_id: str = "") -> str:
+        # An empty id means "the newest unsaved task", which changes as tasks run.
+        return task_id.strip() or host.newest_unrecovered_task() or ""
+
+    @classmethod
+    def execute(cls, task_id: str = "") -> io.NodeOutput:
+        recovered = host.recover(task_id.strip() or None)
+        return io.NodeOutput(recovered.images_tensor(), json.dumps(recovered.report(), ensure_ascii=False, indent=1))
+
+
+NODE_CLASSES: tuple[type[io.ComfyNode], ...] = (*(node_class(fn) for fn in FUNCTIONS), WanxFetchTask)
 
 
 class WanxImageEditExtension(ComfyExtension):

@@ -17,6 +17,7 @@ from .core.client import DashScopeClient
 from .core.errors import CanceledError
 from .core.quota import shared_quota
 from .core.settings import Settings
+from .core.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -29,14 +30,35 @@ def pack_user_dir() -> Path:
 
 
 def settings() -> Settings:
-    return Settings.from_env(stored_key_file=pack_user_dir() / "api_key")
+    return Settings.from_env(stored_dir=pack_user_dir())
 
 
-def run(request: edit.EditRequest) -> edit.EditOutcome:
+def store(current: Settings | None = None) -> Store:
+    """The journal, result cache and budget: in WANX_STATE_DIR, else in ComfyUI's user directory."""
+    return Store.open(default_dir=pack_user_dir(), currency=current.currency if current else "CNY")
+
+
+def newest_unrecovered_task() -> str | None:
+    entry = store().journal.newest_unrecovered()
+    return entry.task_id if entry else None
+
+
+def recover(task_id: str | None) -> edit.Recovered:
+    current = settings()
+    try:
+        return edit.recover(task_id, client=DashScopeClient(current), store=store(current),
+                            should_cancel=comfy.model_management.processing_interrupted)
+    except CanceledError:
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        raise
+
+
+def run(request: edit.EditRequest, *, reuse: bool) -> tuple[edit.EditOutcome, Settings]:
     """Run an edit for the executing node, with ComfyUI's Cancel, progress bar and status text."""
     context = get_executing_context()
     node_id = context.node_id if context else None
-    client = DashScopeClient(settings())
+    current = settings()
+    client = DashScopeClient(current)
     quota = shared_quota(max_in_flight=client.settings.max_in_flight, submits_per_s=client.settings.submits_per_s)
     bar = comfy.utils.ProgressBar(len(request.items), node_id=node_id)
 
@@ -46,8 +68,9 @@ def run(request: edit.EditRequest) -> edit.EditOutcome:
             PromptServer.instance.send_progress_text(progress.text(), node_id)
 
     try:
-        return edit.run(request, client=client, quota=quota, on_progress=show,
-                        should_cancel=comfy.model_management.processing_interrupted)
+        outcome = edit.run(request, client=client, quota=quota, on_progress=show, store=store(current), reuse=reuse,
+                           should_cancel=comfy.model_management.processing_interrupted)
+        return outcome, current
     except CanceledError as exc:
         # Tell the artist which tasks were cancelled and which will still be billed, then let
         # ComfyUI handle it as the interruption it is.

@@ -22,14 +22,15 @@ def test_environment_key_wins_over_key_files(tmp_path: Path) -> None:
 def test_key_file_path_then_home_file_then_stored(tmp_path: Path) -> None:
     named = tmp_path / "named_key"
     named.write_text("sk-named-file-key\n")
-    stored = tmp_path / "stored"
-    stored.write_text("sk-stored-in-comfy")
+    stored = tmp_path / "comfy_user"
+    stored.mkdir()
+    (stored / "api_key").write_text("sk-stored-in-comfy")
     assert Settings.from_env({"DASHSCOPE_API_KEY_FILE_PATH": str(named)}, home=tmp_path).api_key == "sk-named-file-key"
     (tmp_path / ".dashscope").mkdir()
     (tmp_path / ".dashscope" / "api_key").write_text("sk-home-file-key")
-    assert Settings.from_env({}, home=tmp_path, stored_key_file=stored).api_key == "sk-home-file-key"
+    assert Settings.from_env({}, home=tmp_path, stored_dir=stored).api_key == "sk-home-file-key"
     (tmp_path / ".dashscope" / "api_key").unlink()
-    chosen = Settings.from_env({}, home=tmp_path, stored_key_file=stored)
+    chosen = Settings.from_env({}, home=tmp_path, stored_dir=stored)
     assert chosen.api_key == "sk-stored-in-comfy" and chosen.key_source == "ComfyUI settings"
 
 
@@ -61,3 +62,15 @@ def test_base_url_and_limits_from_environment() -> None:
     assert (s.base_url, s.max_in_flight, s.submits_per_s) == ("http://127.0.0.1:9/api/v1", 5, 4.0)
     with pytest.raises(ConfigError, match="WANX_MAX_CONCURRENT_TASKS must be at least 1"):
         Settings.from_env({"DASHSCOPE_API_KEY": FAKE_KEY, "WANX_MAX_CONCURRENT_TASKS": "0"})
+
+
+def test_stored_endpoint_and_currency_lose_to_the_environment(tmp_path: Path) -> None:
+    (tmp_path / "settings.json").write_text('{"base_url": "http://127.0.0.1:7/api/v1", "currency": "usd"}')
+    env = {"DASHSCOPE_API_KEY": FAKE_KEY}
+    stored = Settings.from_env(env, stored_dir=tmp_path)
+    assert (stored.base_url, stored.currency) == ("http://127.0.0.1:7/api/v1", "USD")
+    env["DASHSCOPE_HTTP_BASE_URL"] = "http://127.0.0.1:8/api/v1"
+    assert Settings.from_env(env, stored_dir=tmp_path).base_url == "http://127.0.0.1:8/api/v1"
+    (tmp_path / "settings.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="unreadable"):
+        Settings.from_env(env, stored_dir=tmp_path)

@@ -15,13 +15,13 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from . import edit, images, samples
+from . import edit, samples
 from .client import DashScopeClient
 from .errors import WanxError
 from .functions import CUSTOM_STYLE, FUNCTIONS, Kind, Param, lookup
 from .quota import Quota, shared_quota
 from .settings import Settings
-from .ticker import Ticker
+from .store import DEFAULT_CLI_DIR, Store
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 EMULATOR_KEY = "sk-emulator-key"
@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
                            help=f"{param.help_en} ({param.minimum}..{param.maximum}, default {param.default})")
     p.add_argument("--out", type=Path, default=Path("wanx_output"), help="output folder")
     p.add_argument("--emulator", action="store_true", help="run against the bundled emulator, not the real service")
+    p.add_argument("--new-run", action="store_true",
+                   help="pay for a new run even if an identical seeded edit is in the result cache")
 
     d = sub.add_parser("demo", help="all ten functions on generated samples, against the bundled emulator")
     d.add_argument("--out", type=Path, default=Path("wanx_output/demo"))
@@ -71,8 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("make-workflows", help="rewrite the example workflows, thumbnails and sample inputs")
     w.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[2] / "workflows")
 
-    f = sub.add_parser("fetch", help="download the results of an existing task (kept 24 hours)")
-    f.add_argument("task_id")
+    f = sub.add_parser("fetch", help="recover the results of a task (kept 24 hours); costs nothing")
+    f.add_argument("task_id", nargs="?", help="default: the newest journaled task whose results were never saved")
     f.add_argument("--out", type=Path, default=Path("wanx_output"))
     return parser
 
@@ -122,10 +124,13 @@ def _edit(args: argparse.Namespace) -> int:
         for group in groups.values()
     ]
     with _connection(emulated=args.emulator) as client:
+        # A private emulator dies with this process, so its tasks are not journaled.
+        store = None if args.emulator else _store(client)
         args.out.mkdir(parents=True, exist_ok=True)
         for group, request in requests_by_group:
-            outcome = edit.run(request, client=client, quota=_quota(client), on_progress=_progress_bar)
-            _write_outcome(outcome, [p.stem for p in group], args.out)
+            outcome = edit.run(request, client=client, quota=_quota(client), on_progress=_progress_bar,
+                               store=store, reuse=not args.new_run)
+            _write_outcome(outcome, [p.stem for p in group], args.out, currency=client.settings.currency)
     print(f"results in {args.out.resolve()}")
     return 0
 
@@ -153,7 +158,7 @@ def _load_mask(path: Path) -> torch.Tensor:
         return torch.from_numpy(np.asarray(source.convert("L"), dtype=np.float32) / 255.0).unsqueeze(0)
 
 
-def _write_outcome(outcome: edit.EditOutcome, stems: Sequence[str], out: Path) -> list[Path]:
+def _write_outcome(outcome: edit.EditOutcome, stems: Sequence[str], out: Path, *, currency: str = "CNY") -> list[Path]:
     written = []
     for item, stem in zip(outcome.items, stems, strict=True):
         for i, array in enumerate(item.images):
@@ -163,7 +168,7 @@ def _write_outcome(outcome: edit.EditOutcome, stems: Sequence[str], out: Path) -
         if item.error is not None:
             print(f"  {stem}: {item.error}", file=sys.stderr)
     report_path = out / f"{stems[0]}_{outcome.request.fn.api_name}_report.json"
-    report_path.write_text(json.dumps(outcome.report(), ensure_ascii=False, indent=2), encoding="utf-8")
+    report_path.write_text(json.dumps(outcome.report(currency=currency), ensure_ascii=False, indent=2), encoding="utf-8")
     return written
 
 
@@ -192,6 +197,10 @@ def _connection(*, emulated: bool, running_s: tuple[float, float] = (5.0, 15.0))
         env = {"DASHSCOPE_API_KEY": EMULATOR_KEY, "DASHSCOPE_HTTP_BASE_URL": emulator.base_url}
         print(f"using the bundled emulator at {emulator.base_url} (results are marked EMULATED)", file=sys.stderr)
         yield DashScopeClient(Settings.from_env(env, home=Path(tempfile.gettempdir())))
+
+
+def _store(client: DashScopeClient) -> Store:
+    return Store.open(default_dir=DEFAULT_CLI_DIR, currency=client.settings.currency)
 
 
 def _quota(client: DashScopeClient) -> Quota:
@@ -255,25 +264,13 @@ def _tasks() -> int:
     return 0
 
 
-def _fetch(task_id: str, out: Path) -> int:
+def _fetch(task_id: str | None, out: Path) -> int:
     client = DashScopeClient(Settings.from_env())
-    state = client.query(task_id)
-    if not state.status.is_terminal:
-        print(f"task {task_id} is {state.status.value}; try again when it has finished", file=sys.stderr)
-        return 1
+    recovered = edit.recover(task_id, client=client, store=_store(client))
     out.mkdir(parents=True, exist_ok=True)
-    saved = 0
-    for i, result in enumerate(state.results):
-        if result.url is None:
-            print(f"  image {i} failed: {result.code} {result.message}", file=sys.stderr)
-            continue
-        array = client.download(result.url, task_id=task_id, ticker=Ticker(), decode=images.decode_image)
-        Image.fromarray(array).save(out / f"{task_id}_{i}.png")
-        saved += 1
-    if saved == 0:
-        raise WanxError(f"task {task_id} has no result to fetch ({state.status.value})", task_id=task_id,
-                        code=state.code or ("UNKNOWN" if state.status.value == "UNKNOWN" else None))
-    print(f"{saved} image(s) of task {task_id} in {out.resolve()}")
+    for i, array in enumerate(recovered.images):
+        Image.fromarray(array).save(out / f"{recovered.task_id}_{i}.png")
+    for failure in recovered.failures:
+        print(f"  image {failure['image']} failed: {failure['code']} {failure['message']}", file=sys.stderr)
+    print(f"{len(recovered.images)} image(s) of task {recovered.task_id} ({recovered.source}) in {out.resolve()}")
     return 0
-
-

@@ -7,10 +7,11 @@ images fail; ``EditOutcome`` turns the results into one IMAGE batch and a JSON r
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,12 +19,17 @@ import numpy as np
 import torch
 
 from . import images
+from .cache import digest
 from .client import DashScopeClient
 from .errors import ApiError, CanceledError, TaskFailedError, WanxError
-from .functions import CUSTOM_STYLE, EditFunction, ImageSize, build_body, build_parameters, build_prompt, output_size
+from .functions import (
+    CUSTOM_STYLE, PRICE_PER_IMAGE, EditFunction, ImageSize, build_body, build_parameters, build_prompt, output_size,
+)
 from .polling import DEFAULT_POLICY, PollPolicy, wait_for_task
 from .protocol import TaskState, TaskStatus
+from .journal import Entry
 from .quota import Quota
+from .store import Store
 from .ticker import Interrupted, Ticker
 
 log = logging.getLogger(__name__)
@@ -53,6 +59,15 @@ class EditRequest:
 
     def expected_size(self, item: Item) -> ImageSize:
         return output_size(self.fn, item.image.sent_size, self.parameters)
+
+    def digest(self, item: Item) -> str:
+        return digest(function=self.fn.api_name, prompt=self.prompt, parameters=self.parameters,
+                      image_sha256=item.image.sha256, mask_sha256=item.mask.sha256 if item.mask else None)
+
+    @property
+    def cacheable(self) -> bool:
+        """Without a seed the user asks for a new random result: never served from the cache."""
+        return self.parameters.get("seed") is not None
 
 
 def prepare(
@@ -117,6 +132,8 @@ class ItemResult:
     failures: list[dict[str, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     image_count: int = 0
+    cached: bool = False  # served from the result cache: nothing was sent or billed
+    files: list[bytes] = field(default_factory=list, repr=False)  # as the service returned them
     error: WanxError | None = None
     cancel_note: str | None = None
     timings_s: dict[str, float] = field(default_factory=dict)
@@ -126,6 +143,7 @@ class ItemResult:
             "index": self.index, "task_id": self.task_id, "request_id": self.request_id, "status": self.status,
             "original_size": str(self.original_size), "sent_size": str(self.sent_size),
             "expected_size": str(self.expected_size), "images": len(self.images), "image_count": self.image_count,
+            "cached": self.cached,
             "urls": self.urls, "failures": self.failures,
             "timings_s": {k: round(v, 3) for k, v in self.timings_s.items()},
         }
@@ -151,12 +169,15 @@ class EditOutcome:
         """Every result as one float32 [n,H,W,3] batch, grouped per input image, in input order."""
         return images.stack_images([array for item in self.items for array in item.images])
 
-    def report(self) -> dict[str, Any]:
+    def report(self, *, currency: str = "CNY") -> dict[str, Any]:
+        unit_price = PRICE_PER_IMAGE[currency]
         return {
             "model": "wanx2.1-imageedit", "function": self.request.fn.api_name, "prompt": self.request.prompt,
             "parameters": dict(self.request.parameters), "images_in": len(self.items),
             "images_out": sum(len(item.images) for item in self.items),
-            "usage": {"image_count": self.image_count}, "elapsed_s": round(self.elapsed_s, 3),
+            "usage": {"image_count": self.image_count},
+            "cost": {"currency": currency, "unit_price": unit_price, "billed": round(self.image_count * unit_price, 6)},
+            "elapsed_s": round(self.elapsed_s, 3),
             "items": [item.report() for item in self.items],
         }
 
@@ -164,10 +185,14 @@ class EditOutcome:
 def run(
     request: EditRequest, *, client: DashScopeClient, quota: Quota, policy: PollPolicy = DEFAULT_POLICY,
     should_cancel: Callable[[], bool] = lambda: False, on_progress: Callable[[Progress], None] = lambda _: None,
-    tick_s: float = 0.1,
+    tick_s: float = 0.1, store: Store | None = None, reuse: bool = True,
 ) -> EditOutcome:
     """Run one task per image and return every result that arrived. Raises only when no image
-    at all came back (TaskFailedError or the call's error), or when the user cancels."""
+    at all came back (TaskFailedError or the call's error), or when the user cancels.
+
+    With a ``store``, every accepted task is journaled before it is polled, identical seeded
+    edits are served from the result cache (unless ``reuse`` is off), and the daily budget is
+    checked before anything is sent."""
     ticker = Ticker()
     started = time.monotonic()
     stop_sending = threading.Event()
@@ -176,13 +201,21 @@ def run(
                    expected_size=request.expected_size(item))
         for i, item in enumerate(request.items)
     ]
+    if store is not None and store.cache is not None and reuse and request.cacheable:
+        for item, result in zip(request.items, results, strict=True):
+            _serve_from_cache(store, request.digest(item), result)
+    to_send = [(item, result) for item, result in zip(request.items, results, strict=True) if not result.cached]
+    if store is not None:
+        store.check_budget(images=len(to_send) * int(request.parameters.get("n", 1)))  # type: ignore[call-overload]
 
     def work(item: Item, result: ItemResult) -> None:
         try:
             _run_item(request, item, result, client=client, quota=quota, policy=policy, ticker=ticker,
-                      stop_sending=stop_sending)
+                      stop_sending=stop_sending, store=store)
         except Interrupted:
             _cancel_own_task(client, result)
+            if store is not None and result.task_id and result.status == TaskStatus.CANCELED.value:
+                store.journal.update(result.task_id, status=result.status, image_count=0, finished_at=time.time())
         except WanxError as exc:
             result.error = exc
             result.status = "failed"
@@ -197,8 +230,8 @@ def run(
         return Progress(elapsed_s=time.monotonic() - started, states=tuple(r.status for r in results),
                         task_ids=tuple(r.task_id for r in results))
 
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=len(results), thread_name_prefix="wanx-task")
-    futures = [pool.submit(work, item, result) for item, result in zip(request.items, results, strict=True)]
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(to_send)), thread_name_prefix="wanx-task")
+    futures = [pool.submit(work, item, result) for item, result in to_send]
     shown: Progress | None = None
     try:
         while True:
@@ -233,7 +266,7 @@ def run(
 
 def _run_item(
     request: EditRequest, item: Item, result: ItemResult, *, client: DashScopeClient, quota: Quota,
-    policy: PollPolicy, ticker: Ticker, stop_sending: threading.Event,
+    policy: PollPolicy, ticker: Ticker, stop_sending: threading.Event, store: Store | None,
 ) -> None:
     t0 = time.monotonic()
     result.status = "queued"
@@ -246,6 +279,11 @@ def _run_item(
         submitted = client.submit(request.body(item), ticker=ticker, quota=quota)
         result.task_id, result.request_id, result.status = submitted.task_id, submitted.request_id, submitted.status.value
         log.info("image %d: task %s accepted", result.index, submitted.task_id)
+        key = request.digest(item)
+        if store is not None:  # before the first poll: from now on a crash cannot lose this paid task
+            store.journal.record_submitted(Entry(
+                task_id=submitted.task_id, function=request.fn.api_name, digest=key, submitted_at=time.time(),
+                n=int(request.parameters.get("n", 1)), request_id=submitted.request_id))  # type: ignore[call-overload]
 
         def on_state(state: TaskState) -> None:
             result.status = state.status.value
@@ -253,11 +291,15 @@ def _run_item(
         state = wait_for_task(client, submitted.task_id, ticker=ticker, timeout_s=client.settings.task_timeout_s,
                               outage_s=client.settings.poll_outage_s, policy=policy, on_state=on_state)
         result.timings_s["task"] = time.monotonic() - t1
-    _collect(state, result, client=client, ticker=ticker, expected=request.expected_size(item))
+    try:
+        _collect(state, result, client=client, ticker=ticker, expected=request.expected_size(item))
+    finally:
+        if store is not None:
+            _remember(store, key if request.cacheable else None, state, result)
 
 
 def _collect(state: TaskState, result: ItemResult, *, client: DashScopeClient, ticker: Ticker,
-             expected: ImageSize) -> None:
+             expected: ImageSize | None) -> None:
     result.image_count = state.image_count or 0
     if state.status is not TaskStatus.SUCCEEDED:
         code = "UNKNOWN" if state.status is TaskStatus.UNKNOWN else state.code
@@ -275,23 +317,56 @@ def _collect(state: TaskState, result: ItemResult, *, client: DashScopeClient, t
             continue
         result.urls.append(outcome.url)
         try:
-            array = client.download(outcome.url, task_id=state.task_id, ticker=ticker, decode=images.decode_image)
+            data, array = client.download(outcome.url, task_id=state.task_id, ticker=ticker, decode=_keep_bytes)
         except WanxError as exc:
             result.failures.append({"image": str(position), "code": "DownloadFailed", "message": str(exc)})
             continue
         got = ImageSize(width=array.shape[1], height=array.shape[0])
-        if got != expected:
+        if expected is not None and got != expected:
             # The output-size rules are inferred (spec section 6, [Inf]): say so loudly, keep the image.
             note = f"result {position} is {got}, not the expected {expected}; the pack's size rule may be out of date"
             log.warning("task %s: %s", state.task_id, note)
             result.warnings.append(note)
         result.images.append(array)
+        result.files.append(data)
     result.timings_s["download"] = time.monotonic() - t0
     if not result.images:
         first = result.failures[0] if result.failures else {"code": "", "message": "no image"}
         raise TaskFailedError(f"no image of the task could be used: {first['message']}", code=first["code"] or None,
                               task_id=state.task_id)
     result.status = "done"
+
+
+def _keep_bytes(data: bytes) -> tuple[bytes, np.ndarray]:
+    return data, images.decode_image(data)
+
+
+def _serve_from_cache(store: Store, key: str, result: ItemResult) -> None:
+    assert store.cache is not None
+    hit = store.cache.get(key)
+    if hit is None:
+        return
+    try:
+        result.images = [images.decode_image(data) for data in hit.files]
+    except WanxError:
+        result.images = []
+        return  # a damaged entry is a miss
+    result.files, result.cached, result.status = list(hit.files), True, "done"
+    result.task_id = str(hit.meta.get("task_id") or "") or None
+    log.info("image %d: served from the result cache (task %s); nothing sent", result.index, result.task_id)
+
+
+def _remember(store: Store, key: str | None, state: TaskState, result: ItemResult) -> None:
+    """Record the task's end in the journal, and keep complete results in the cache."""
+    saved = None
+    complete = state.status is TaskStatus.SUCCEEDED and len(result.files) == len(state.results) and not result.failures
+    if key is not None and store.cache is not None and complete:
+        store.cache.put(key, result.files, meta={"task_id": state.task_id})
+        saved = f"cache:{key}"
+    elif result.images:
+        saved = "returned to the caller"
+    store.journal.update(state.task_id, status=state.status.value, image_count=state.image_count or 0,
+                         finished_at=time.time(), results=saved)
 
 
 def _cancel_own_task(client: DashScopeClient, result: ItemResult) -> None:
@@ -334,3 +409,77 @@ def _nothing_came_back(results: list[ItemResult]) -> WanxError:
         return errors[0]
     lines = "; ".join(f"image {r.index}: {r.error}" for r in results if r.error is not None)
     return TaskFailedError(f"no image of the batch came back ({lines})")
+
+
+@dataclass
+class Recovered:
+    """The results of an earlier task, fetched again by its id."""
+
+    task_id: str
+    status: str
+    images: list[np.ndarray]
+    failures: list[dict[str, str]]
+    image_count: int
+    source: str  # "cache" or "service"
+
+    def images_tensor(self) -> torch.Tensor:
+        return images.stack_images(self.images)
+
+    def report(self) -> dict[str, Any]:
+        return {"task_id": self.task_id, "status": self.status, "images_out": len(self.images),
+                "usage": {"image_count": self.image_count}, "source": self.source, "failures": self.failures}
+
+
+def recover(
+    task_id: str | None, *, client: DashScopeClient, store: Store, policy: PollPolicy = DEFAULT_POLICY,
+    should_cancel: Callable[[], bool] = lambda: False,
+) -> Recovered:
+    """Return the images of a task: the one named, or the newest journaled task whose results
+    were never stored. Waits if it is still running; sends no new task, so it costs nothing."""
+    entry = store.journal.find(task_id) if task_id else store.journal.newest_unrecovered()
+    if entry is None and not task_id:
+        raise WanxError("the journal has no task whose results are missing",
+                        advice="Pass the task id (see `wanx-imageedit tasks` or the Model Studio console).")
+    task_id = task_id or entry.task_id  # type: ignore[union-attr]
+    if entry is not None and entry.results and entry.results.startswith("cache:") and store.cache is not None:
+        hit = store.cache.get(entry.results.removeprefix("cache:"))
+        if hit is not None:
+            return Recovered(task_id=task_id, status="SUCCEEDED", images=[images.decode_image(f) for f in hit.files],
+                             failures=[], image_count=entry.image_count or 0, source="cache")
+    ticker = Ticker()
+    with _cancel_watch(ticker, should_cancel):
+        try:
+            state = wait_for_task(client, task_id, ticker=ticker, timeout_s=client.settings.task_timeout_s,
+                                  outage_s=client.settings.poll_outage_s, policy=policy, first_delay_s=0.0)
+        except Interrupted:
+            raise CanceledError(f"stopped waiting for task {task_id}; it keeps running on the service",
+                                task_id=task_id, advice="Fetch it again later (results are kept 24 hours).") from None
+        if state.status is TaskStatus.UNKNOWN:
+            age = f", submitted {(time.time() - entry.submitted_at) / 3600:.1f} hours ago" if entry else ""
+            raise TaskFailedError(f"the service no longer has task {task_id}{age}", code="UNKNOWN", task_id=task_id)
+        result = ItemResult(index=0, sent_size=ImageSize(0, 0), original_size=ImageSize(0, 0), expected_size=ImageSize(0, 0))
+        try:
+            _collect(state, result, client=client, ticker=ticker, expected=None)
+        finally:
+            _remember(store, entry.digest if entry else None, state, result)
+    return Recovered(task_id=task_id, status=state.status.value, images=result.images, failures=result.failures,
+                     image_count=state.image_count or 0, source="service")
+
+
+@contextlib.contextmanager
+def _cancel_watch(ticker: Ticker, should_cancel: Callable[[], bool], *, every_s: float = 0.1) -> Iterator[None]:
+    """Turn a polled cancel check into the ticker's event, for waits on the calling thread."""
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.wait(every_s):
+            if should_cancel():
+                ticker.cancel.set()
+                return
+
+    watcher = threading.Thread(target=watch, daemon=True, name="wanx-cancel-watch")
+    watcher.start()
+    try:
+        yield
+    finally:
+        stop.set()

@@ -18,6 +18,8 @@ PROMPT_MAX_CHARS = 800
 SEED_MAX = 2_147_483_647
 MIN_SIDE_PX = 512
 MAX_SIDE_PX = 4096
+# Per generated image; failed images are free (spec section 1: China site CNY, international site USD).
+PRICE_PER_IMAGE = {"CNY": 0.14, "USD": 0.020070}
 
 
 class ImageSize(NamedTuple):
@@ -385,6 +387,9 @@ class NodeInput:
     param: Param | None = None
     options: tuple[str, ...] = ()
     default: object = None
+    help_en: str = ""
+    help_zh: str = ""
+    optional: bool = False  # added after release: API prompts written without it keep working
 
     @property
     def is_widget(self) -> bool:
@@ -398,13 +403,28 @@ class NodeInput:
 def node_inputs(fn: EditFunction) -> tuple[NodeInput, ...]:
     """The node's inputs: image, mask (inpainting), style (stylization), prompt, the function's
     own parameters, then n, seed and watermark."""
-    inputs = [NodeInput("image", "IMAGE")]
+    inputs = [NodeInput("image", "IMAGE", help_en="The image(s) to edit; a batch runs one task per image.",
+                        help_zh="要编辑的图片；批量时每张图片一个任务。")]
     if fn.needs_mask:
-        inputs.append(NodeInput("mask", "MASK"))
+        inputs.append(NodeInput("mask", "MASK", help_en="White (1) = the area to edit. A batch of 1 applies to every image.",
+                                help_zh="白色（1）为要编辑的区域。单张蒙版用于批次中的每张图片。"))
     if fn.styles is not None:
-        inputs.append(NodeInput("style", "COMBO", options=fn.styles.keys, default=fn.styles.styles[0].key))
-    inputs.append(NodeInput("prompt", "STRING", default=fn.default_prompt or ""))
+        inputs.append(NodeInput("style", "COMBO", options=fn.styles.keys, default=fn.styles.styles[0].key,
+                                help_en="A documented style, or 'custom' to send the prompt as written.",
+                                help_zh="官方支持的风格；选“custom”则按原样发送提示词。"))
+    inputs.append(NodeInput("prompt", "STRING", default=fn.default_prompt or "", help_en=fn.prompt_hint_en,
+                            help_zh=fn.prompt_hint_zh))
     for param in fn.all_params:
         inputs.append(NodeInput(param.name, param.kind.name if param.kind is not Kind.BOOL else "BOOLEAN",
-                                param=param, default=param.default))
+                                param=param, default=param.default, help_en=param.help_en, help_zh=param.help_zh))
+    inputs.append(USE_CACHE)
     return tuple(inputs)
+
+
+# Not a service parameter: whether an identical seeded edit may be served from the result cache.
+USE_CACHE = NodeInput(
+    "use_cache", "BOOLEAN", default=True, optional=True,
+    help_en="Reuse the stored result of an identical edit (same image, mask, prompt, parameters and seed) "
+    "instead of paying again. Turn off to force a new paid run.",
+    help_zh="相同编辑（图片、蒙版、提示词、参数和种子都相同）直接复用已保存的结果，不再计费。关闭则强制重新付费生成。",
+)

@@ -43,6 +43,7 @@ DEFAULT_POLICY = PollPolicy()
 def wait_for_task(
     client: DashScopeClient, task_id: str, *, ticker: Ticker, timeout_s: float, outage_s: float,
     policy: PollPolicy = DEFAULT_POLICY, on_state: Callable[[TaskState], None] = lambda _: None,
+    first_delay_s: float | None = None,
 ) -> TaskState:
     """Poll until the task reaches a terminal status and return that state. Transient failures
     are retried for up to ``outage_s`` in a row, so a long outage does not lose a paid task."""
@@ -50,7 +51,7 @@ def wait_for_task(
     status = TaskStatus.PENDING
     failing_since: float | None = None
     failures = 0
-    delay_s = policy.interval_s(elapsed_s=0.0, status=status)
+    delay_s = policy.interval_s(elapsed_s=0.0, status=status) if first_delay_s is None else first_delay_s
     while True:
         ticker.wait(delay_s)
         now = ticker.now()

@@ -4,6 +4,7 @@ DASHSCOPE_API_KEY_FILE_PATH, else ~/.dashscope/api_key. It never appears in a re
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ class Settings:
     submits_per_s: float = 2.0  # the account's task-submission quota
     task_timeout_s: float = 900.0  # our whole wait for one task, queue included
     poll_outage_s: float = 600.0  # how long polls may keep failing before we give up on a task
+    currency: str = "CNY"  # for cost estimates and the report: CNY (China site) or USD (international site)
 
     @property
     def key_hint(self) -> str:
@@ -33,13 +35,17 @@ class Settings:
 
     @classmethod
     def from_env(
-        cls, environ: Mapping[str, str] | None = None, *, home: Path | None = None, stored_key_file: Path | None = None,
+        cls, environ: Mapping[str, str] | None = None, *, home: Path | None = None, stored_dir: Path | None = None,
     ) -> Settings:
-        """Read settings from ``environ`` (default os.environ). ``stored_key_file`` is the key
-        saved through ComfyUI's settings; the environment and the SDK's key files win over it."""
+        """Read settings from ``environ`` (default os.environ). ``stored_dir`` holds what was saved
+        through ComfyUI's settings (``api_key``, ``settings.json``); the environment and the SDK's
+        key files win over it."""
         env = os.environ if environ is None else environ
-        key, source = _find_key(env, home=home or Path.home(), stored_key_file=stored_key_file)
-        base_url = env.get("DASHSCOPE_HTTP_BASE_URL", "").strip().rstrip("/") or BEIJING_BASE_URL
+        stored = read_stored(stored_dir)
+        key, source = _find_key(env, home=home or Path.home(),
+                                stored_key_file=stored_dir / KEY_FILE_NAME if stored_dir else None)
+        base_url = (env.get("DASHSCOPE_HTTP_BASE_URL", "").strip() or str(stored.get("base_url") or "")).rstrip("/")
+        base_url = base_url or BEIJING_BASE_URL
         check_base_url(base_url)
         return cls(
             api_key=key, key_source=source, base_url=base_url,
@@ -47,7 +53,25 @@ class Settings:
             submits_per_s=float(_int(env, "WANX_SUBMITS_PER_SECOND", 2, minimum=1)),
             task_timeout_s=float(_int(env, "WANX_TASK_TIMEOUT_S", 900, minimum=10)),
             poll_outage_s=float(_int(env, "WANX_POLL_OUTAGE_S", 600, minimum=10)),
+            currency="USD" if str(stored.get("currency", "")).upper() == "USD" else "CNY",
         )
+
+
+KEY_FILE_NAME = "api_key"
+SETTINGS_FILE_NAME = "settings.json"
+
+
+def read_stored(stored_dir: Path | None) -> dict[str, object]:
+    """The non-secret settings saved from ComfyUI's settings panel (endpoint, currency)."""
+    path = stored_dir / SETTINGS_FILE_NAME if stored_dir else None
+    if path is None or not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise ConfigError(f"the saved settings file {path} is unreadable",
+                          advice="Fix or delete it, then save the settings again.") from None
+    return data if isinstance(data, dict) else {}
 
 
 def check_base_url(base_url: str) -> None:
