@@ -50,6 +50,10 @@ def test_an_ambiguous_create_failure_is_never_resubmitted(fault, emulator, clien
     assert creates(emulator) == 1
     assert emulator.created_count == (1 if fault == "drop_after" else 0)
     assert "wanx-imageedit tasks" in str(caught.value)
+    if fault == "drop_after":  # the task that does exist is named, so the user can recover it
+        assert f"tasks created since: {emulator.task_ids[0]}" in str(caught.value)
+    else:
+        assert "shows no new task" in str(caught.value)
 
 
 def test_a_create_answer_that_never_comes_is_not_resubmitted(emulator, quota) -> None:

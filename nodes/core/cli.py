@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import time
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -25,7 +26,7 @@ from .store import DEFAULT_CLI_DIR, Store
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 EMULATOR_KEY = "sk-emulator-key"
-DEMO_RUNNING_S = (0.3, 0.8)
+DEMO_RUNNING_S = (0.3, 0.8)  # a private emulator is for trying things out: short tasks
 
 
 def _all_params() -> list[Param]:
@@ -186,7 +187,7 @@ def _progress_bar(progress: edit.Progress) -> None:
 
 
 @contextlib.contextmanager
-def _connection(*, emulated: bool, running_s: tuple[float, float] = (5.0, 15.0)) -> Iterator[DashScopeClient]:
+def _connection(*, emulated: bool, running_s: tuple[float, float] = DEMO_RUNNING_S) -> Iterator[DashScopeClient]:
     """The real service from the environment's settings, or a private emulator when asked."""
     if not emulated:
         yield DashScopeClient(Settings.from_env())
@@ -214,7 +215,7 @@ def _demo(out: Path) -> int:
     """Every function on its sample image, through edit.prepare/run, plus one contact sheet."""
     out.mkdir(parents=True, exist_ok=True)
     rows: list[tuple[str, Image.Image, Image.Image]] = []
-    with _connection(emulated=True, running_s=DEMO_RUNNING_S) as client:
+    with _connection(emulated=True) as client:
         for fn in FUNCTIONS:
             example = samples.EXAMPLES[fn.api_name]
             source = samples.sample_image(fn.api_name)
@@ -260,7 +261,8 @@ def _tasks() -> int:
     if not rows:
         print("no wanx2.1-imageedit tasks in the last 24 hours")
     for row in rows:
-        print(f"{row.task_id}  {row.status.value:10s}  created_ms={row.created_ms}")
+        created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row.created_ms / 1000)) if row.created_ms else "?"
+        print(f"{row.task_id}  {row.status.value:10s}  created {created}")
     return 0
 
 

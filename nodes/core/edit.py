@@ -21,7 +21,7 @@ import torch
 from . import images
 from .cache import digest
 from .client import DashScopeClient
-from .errors import ApiError, CanceledError, TaskFailedError, WanxError
+from .errors import ApiError, CanceledError, SubmitUncertainError, TaskFailedError, WanxError
 from .functions import (
     CUSTOM_STYLE, PRICE_PER_IMAGE, EditFunction, ImageSize, build_body, build_parameters, build_prompt, output_size,
 )
@@ -276,7 +276,11 @@ def _run_item(
         result.timings_s["queued"] = time.monotonic() - t0
         result.status = "submitting"
         t1 = time.monotonic()
-        submitted = client.submit(request.body(item), ticker=ticker, quota=quota)
+        sent_at = time.time()
+        try:
+            submitted = client.submit(request.body(item), ticker=ticker, quota=quota)
+        except SubmitUncertainError as exc:
+            raise _name_recent_tasks(exc, client, since_s=sent_at) from None
         result.task_id, result.request_id, result.status = submitted.task_id, submitted.request_id, submitted.status.value
         log.info("image %d: task %s accepted", result.index, submitted.task_id)
         key = request.digest(item)
@@ -335,6 +339,19 @@ def _collect(state: TaskState, result: ItemResult, *, client: DashScopeClient, t
         raise TaskFailedError(f"no image of the task could be used: {first['message']}", code=first["code"] or None,
                               task_id=state.task_id)
     result.status = "done"
+
+
+def _name_recent_tasks(exc: SubmitUncertainError, client: DashScopeClient, *, since_s: float) -> SubmitUncertainError:
+    """Add the account's tasks created since the send (a free call) to the message, so the
+    user can find the task that may exist. Best effort: the listing itself may fail."""
+    try:
+        recent = [t for t in client.list_tasks(page_size=10) if t.created_ms and t.created_ms / 1000 >= since_s - 5]
+    except WanxError:
+        return exc
+    if not recent:
+        return SubmitUncertainError(f"{exc.what}; the task list shows no new task yet", code=exc.code)
+    named = ", ".join(f"{t.task_id} ({t.status.value})" for t in recent)
+    return SubmitUncertainError(f"{exc.what}; tasks created since: {named}", code=exc.code)
 
 
 def _keep_bytes(data: bytes) -> tuple[bytes, np.ndarray]:
