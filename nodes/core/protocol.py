@@ -57,12 +57,8 @@ class Submitted:
 
     @classmethod
     def from_json(cls, body: object) -> Submitted:
-        output = _output(body)
-        task_id = output.get("task_id")
-        if not isinstance(task_id, str) or not task_id:
-            raise ProtocolError("the create response has no task_id", request_id=_request_id(body))
-        return cls(task_id=task_id, status=TaskStatus.parse(output.get("task_status"), task_id=task_id),
-                   request_id=_request_id(body))
+        _, task_id, status = _task_output(body, what="create")
+        return cls(task_id=task_id, status=status, request_id=_request_id(body))
 
 
 @dataclass(frozen=True)
@@ -88,11 +84,7 @@ class TaskState:
 
     @classmethod
     def from_json(cls, body: object) -> TaskState:
-        output = _output(body)
-        task_id = output.get("task_id")
-        if not isinstance(task_id, str) or not task_id:
-            raise ProtocolError("the task response has no task_id", request_id=_request_id(body))
-        status = TaskStatus.parse(output.get("task_status"), task_id=task_id)
+        output, task_id, status = _task_output(body, what="task")
         results: list[ImageOutcome] = []
         for entry in output.get("results") or ():
             if not isinstance(entry, Mapping):
@@ -140,6 +132,15 @@ class TaskSummary:
                 created_ms=_opt_int(item.get("gmt_create")), ended_ms=_opt_int(item.get("end_time")),
             ))
         return rows
+
+
+def _task_output(body: object, *, what: str) -> tuple[Mapping[str, Any], str, TaskStatus]:
+    """The ``output`` object with its task id and status, which every task answer carries."""
+    output = _output(body)
+    task_id = output.get("task_id")
+    if not isinstance(task_id, str) or not task_id:
+        raise ProtocolError(f"the {what} response has no task_id", request_id=_request_id(body))
+    return output, task_id, TaskStatus.parse(output.get("task_status"), task_id=task_id)
 
 
 def _output(body: object) -> Mapping[str, Any]:

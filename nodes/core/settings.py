@@ -119,13 +119,20 @@ def _find_key(env: Mapping[str, str], *, home: Path, stored_key_file: Path | Non
 
 
 def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int) -> int:
+    value = env_number(env, name, minimum=minimum, whole=True)
+    return default if value is None else int(value)
+
+
+def env_number(env: Mapping[str, str], name: str, *, minimum: float = 0, whole: bool = False) -> float | None:
+    """A numeric setting from the environment, or None when unset; anything else is a ConfigError."""
     raw = env.get(name, "").strip()
     if not raw:
-        return default
+        return None
     try:
-        value = int(raw)
+        value = float(int(raw)) if whole else float(raw)
     except ValueError:
-        raise ConfigError(f"{name} must be a whole number; got {raw!r}", advice=f"Unset it for the default {default}.") from None
+        kind = "a whole number" if whole else "a number"
+        raise ConfigError(f"{name} must be {kind}; got {raw!r}", advice="Fix or unset it.") from None
     if value < minimum:
-        raise ConfigError(f"{name} must be at least {minimum}; got {value}", advice=f"Unset it for the default {default}.")
+        raise ConfigError(f"{name} must be at least {minimum:g}; got {raw!r}", advice="Fix or unset it.")
     return value

@@ -17,9 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .cache import DEFAULT_MAX_BYTES, ResultCache
-from .errors import ConfigError, WanxError
+from .errors import WanxError
 from .functions import PRICE_PER_IMAGE
 from .journal import Journal
+from .settings import env_number
 
 DEFAULT_CLI_DIR = Path("~/.wanx-imageedit")
 
@@ -42,7 +43,7 @@ class Store:
         folder = Path(env.get("WANX_STATE_DIR") or default_dir).expanduser()
         cache = None
         if env.get("WANX_CACHE", "").strip().lower() not in ("off", "0", "false", "no"):
-            max_mb = _number(env, "WANX_CACHE_MAX_MB")
+            max_mb = env_number(env, "WANX_CACHE_MAX_MB")
             max_bytes = DEFAULT_MAX_BYTES if max_mb is None else int(max_mb * 1024 * 1024)
             cache = ResultCache(folder / "cache", max_bytes=max_bytes)
         limit, source = _daily_limit(env, currency=currency)
@@ -65,8 +66,8 @@ class Store:
 
 
 def _daily_limit(env: Mapping[str, str], *, currency: str) -> tuple[int | None, str | None]:
-    images = _number(env, "WANX_DAILY_IMAGE_LIMIT")
-    money = _number(env, "WANX_DAILY_BUDGET")
+    images = env_number(env, "WANX_DAILY_IMAGE_LIMIT")
+    money = env_number(env, "WANX_DAILY_BUDGET")
     limits = []
     if images is not None:
         limits.append((int(images), f"WANX_DAILY_IMAGE_LIMIT={int(images)}"))
@@ -74,16 +75,3 @@ def _daily_limit(env: Mapping[str, str], *, currency: str) -> tuple[int | None, 
         unit = PRICE_PER_IMAGE[currency]
         limits.append((math.floor(money / unit + 1e-9), f"WANX_DAILY_BUDGET={money:g} {currency} at {unit} per image"))
     return min(limits) if limits else (None, None)
-
-
-def _number(env: Mapping[str, str], name: str) -> float | None:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return None
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a number; got {raw!r}", advice="Fix or unset it.") from None
-    if value < 0:
-        raise ConfigError(f"{name} must not be negative; got {raw!r}", advice="Fix or unset it.")
-    return value
