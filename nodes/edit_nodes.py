@@ -14,12 +14,11 @@ except ImportError:  # a newer ComfyUI that dropped the pinned version
     from comfy_api.latest import ComfyExtension, io
 
 from . import host
-from .core import edit
+from .core import docs, edit
 from .core.errors import WanxError
 from .core.functions import CUSTOM_STYLE, FUNCTIONS, EditFunction, NodeInput, build_parameters, build_prompt, node_inputs
 
-CATEGORY = "image/Wanx 2.1 Edit"
-FETCH_NODE_ID = "WanxImageEdit_FetchTask"
+CATEGORY = docs.CATEGORY
 
 
 def _input(spec: NodeInput, fn: EditFunction) -> io.Input:
@@ -44,13 +43,13 @@ def _input(spec: NodeInput, fn: EditFunction) -> io.Input:
 
 
 def schema_for(fn: EditFunction) -> io.Schema:
+    (images_out, images_tip, *_), (report_out, report_tip, *_) = docs.OUTPUTS
     return io.Schema(
-        node_id=fn.node_id, display_name=f"Wanx {fn.title_en}", category=CATEGORY,
-        description=f"{fn.summary_en} ({fn.title_zh}; wanx2.1-imageedit `{fn.api_name}`)",
+        node_id=fn.node_id, display_name=docs.display_name(fn), category=CATEGORY, description=docs.description(fn),
         inputs=[_input(spec, fn) for spec in node_inputs(fn)],
         outputs=[
-            io.Image.Output("images", display_name="images", tooltip="Every result, grouped per input image, in order."),
-            io.String.Output("report", display_name="report", tooltip="JSON: task ids, image counts, failures, timings."),
+            io.Image.Output(images_out, display_name=images_out, tooltip=images_tip),
+            io.String.Output(report_out, display_name=report_out, tooltip=report_tip),
         ],
     )
 
@@ -81,7 +80,8 @@ def node_class(fn: EditFunction) -> type[io.ComfyNode]:
             request = edit.prepare(fn, image=image, mask=mask, prompt=prompt, style=style, values=values)
             outcome, settings = host.run(request, reuse=use_cache)
             report = json.dumps(outcome.report(currency=settings.currency), ensure_ascii=False, indent=1)
-            return io.NodeOutput(outcome.images_tensor(), report)
+            # The report also goes to the UI, where the front end keeps the session's running cost.
+            return io.NodeOutput(outcome.images_tensor(), report, ui={"wanx_report": [report]})
 
     WanxEditNode.__name__ = WanxEditNode.__qualname__ = fn.node_id
     return WanxEditNode
@@ -92,12 +92,14 @@ class WanxFetchTask(io.ComfyNode):
 
     @classmethod
     def define_schema(cls) -> io.Schema:
+        texts = docs.FETCH_NODE
+        (images_out, images_tip, *_), (report_out, report_tip, *_) = texts["outputs"]
         return io.Schema(
-            node_id=FETCH_NODE_ID, display_name="Wanx Fetch Task Result", category=CATEGORY,
-            description="Returns the images of an earlier wanx2.1-imageedit task (kept 24 hours by the service). "
-            "Leave task_id empty for the newest task whose results were never saved.",
-            inputs=[io.String.Input("task_id", default="", tooltip="A task id, or empty for the newest unsaved task.")],
-            outputs=[io.Image.Output("images", display_name="images"), io.String.Output("report", display_name="report")],
+            node_id=docs.FETCH_NODE_ID, display_name=texts["display_name"][0], category=CATEGORY,
+            description=texts["description"][0],
+            inputs=[io.String.Input("task_id", default="", tooltip=texts["inputs"]["task_id"][2])],
+            outputs=[io.Image.Output(images_out, display_name=images_out, tooltip=images_tip),
+                     io.String.Output(report_out, display_name=report_out, tooltip=report_tip)],
         )
 
     @classmethod

@@ -42,13 +42,13 @@ class Settings:
         key files win over it."""
         env = os.environ if environ is None else environ
         stored = read_stored(stored_dir)
-        key, source = _find_key(env, home=home or Path.home(),
-                                stored_key_file=stored_dir / KEY_FILE_NAME if stored_dir else None)
+        key, source = find_key(env, home=home or Path.home(),
+                               stored_key_file=stored_dir / KEY_FILE_NAME if stored_dir else None)
         base_url = (env.get("DASHSCOPE_HTTP_BASE_URL", "").strip() or str(stored.get("base_url") or "")).rstrip("/")
         base_url = base_url or BEIJING_BASE_URL
         check_base_url(base_url)
         return cls(
-            api_key=key, key_source=source, base_url=base_url,
+            api_key=key, key_source=str(source), base_url=base_url,
             max_in_flight=_int(env, "WANX_MAX_CONCURRENT_TASKS", 2, minimum=1),
             submits_per_s=float(_int(env, "WANX_SUBMITS_PER_SECOND", 2, minimum=1)),
             task_timeout_s=float(_int(env, "WANX_TASK_TIMEOUT_S", 900, minimum=10)),
@@ -91,10 +91,24 @@ def check_base_url(base_url: str) -> None:
                           advice="Use https, or a loopback address for the emulator.")
 
 
-def _find_key(env: Mapping[str, str], *, home: Path, stored_key_file: Path | None) -> tuple[str, str]:
+@dataclass(frozen=True)
+class KeySource:
+    """Where the key came from; the only thing about the key the interface may show."""
+
+    kind: str  # "environment", "key_file" or "settings"
+    detail: str | None = None  # the variable or the file
+
+    def __str__(self) -> str:
+        return {"environment": f"environment ({self.detail})", "key_file": f"key file {self.detail}",
+                "settings": "ComfyUI settings"}[self.kind]
+
+
+def find_key(env: Mapping[str, str], *, home: Path, stored_key_file: Path | None) -> tuple[str, KeySource]:
+    """The one rule for which key wins: DASHSCOPE_API_KEY, then the file named by
+    DASHSCOPE_API_KEY_FILE_PATH, then ~/.dashscope/api_key, then the key saved in ComfyUI."""
     key = env.get("DASHSCOPE_API_KEY", "").strip()
     if key:
-        return key, "environment (DASHSCOPE_API_KEY)"
+        return key, KeySource("environment", "DASHSCOPE_API_KEY")
     candidates = []
     if env.get("DASHSCOPE_API_KEY_FILE_PATH"):
         candidates.append(Path(env["DASHSCOPE_API_KEY_FILE_PATH"]).expanduser())
@@ -103,11 +117,11 @@ def _find_key(env: Mapping[str, str], *, home: Path, stored_key_file: Path | Non
         if path.is_file():
             key = path.read_text(encoding="utf-8").strip()
             if key:
-                return key, f"key file {path}"
+                return key, KeySource("key_file", str(path))
     if stored_key_file is not None and stored_key_file.is_file():
         key = stored_key_file.read_text(encoding="utf-8").strip()
         if key:
-            return key, "ComfyUI settings"
+            return key, KeySource("settings", str(stored_key_file))
     raise ConfigError(
         "no DashScope API key is configured",
         advice=(
@@ -116,6 +130,8 @@ def _find_key(env: Mapping[str, str], *, home: Path, stored_key_file: Path | Non
             "a key, run the emulator (`wanx-imageedit emulator`) and set DASHSCOPE_HTTP_BASE_URL to it."
         ),
     )
+
+
 
 
 def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int) -> int:

@@ -130,7 +130,7 @@ def chain_batch_colorize_blend() -> dict[str, Any]:
     graph = _Graph()
     load = _load(graph, input_name("colorization"))
     batch = graph.add("RepeatImageBatch", widgets=[3], inputs=[("image", "IMAGE")], outputs=[("IMAGE", "IMAGE")])
-    colorize = _edit_node(graph, lookup("colorization"), {"prompt": "蓝色的天空，绿色的草地，红色的房子。", "seed": SEED})
+    colorize = _edit_node(graph, lookup("colorization"), {"prompt": "黄昏的天空，金色的草地，红色的房子。", "seed": SEED})
     blend = graph.add("ImageBlend", widgets=[0.35, "normal"], inputs=[("image1", "IMAGE"), ("image2", "IMAGE")],
                       outputs=[("IMAGE", "IMAGE")])
     save = _save(graph, "wanx/chain_batch_colorize_blend")
