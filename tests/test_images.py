@@ -7,6 +7,7 @@ import base64
 import hashlib
 import io
 import time
+import zlib
 
 import numpy as np
 import pytest
@@ -325,3 +326,128 @@ def test_stack_images_refuses_unequal_sizes_naming_them() -> None:
         images.stack_images([random_uint8(5, 7), random_uint8(6, 7)])
     message = str(caught.value)
     assert "7x5" in message and "7x6" in message and "one image at a time" in message
+
+
+# --- the parallel PNG encoder ------------------------------------------------------------------------
+
+
+def photo_like(height: int, width: int, *, seed: int = 0, sigma: float = 0.02) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    base = np.stack([x / width, y / height, (x + y) / (width + height)], axis=-1)
+    return (np.clip(base + rng.normal(0, sigma, base.shape), 0, 1) * 255).round().astype(np.uint8)
+
+
+def flat_drawing(height: int, width: int) -> np.ndarray:
+    pixels = np.full((height, width, 3), 240, np.uint8)
+    pixels[height // 4: height // 2, :, 0] = 30
+    pixels[:, width // 3: width // 3 + 5] = (10, 200, 90)
+    return pixels
+
+
+def decoded_with_pillow(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as opened:
+        assert opened.format == "PNG"
+        return np.asarray(opened)
+
+
+@pytest.mark.parametrize(
+    "pixels",
+    [
+        random_uint8(1, 1), random_uint8(3, 7), random_uint8(2, 1), random_uint8(513, 1), random_uint8(1, 777),
+        photo_like(777, 513), photo_like(1100, 700, seed=3),  # several bands, odd sizes
+        flat_drawing(600, 901),  # flat bands: LZ77
+        random_uint8(700, 700),  # incompressible: stored blocks
+        photo_like(517, 611)[..., 1].copy(), random_uint8(9, 5)[..., 0].copy(),  # grayscale
+    ],
+    ids=["1x1", "3x7", "2x1", "513x1", "1x777", "photo-777x513", "photo-1100x700", "flat", "noise", "gray", "gray-tiny"],
+)
+def test_encode_png_decodes_with_pillow_to_exactly_the_same_pixels(pixels: np.ndarray) -> None:
+    data = images.encode_png(pixels)
+    np.testing.assert_array_equal(decoded_with_pillow(data), pixels)
+
+
+def test_encode_png_writes_one_valid_zlib_stream_of_filtered_rows() -> None:
+    pixels = photo_like(900, 640)
+    data = images.encode_png(pixels)
+    chunks, offset = [], 8
+    while offset < len(data):
+        (length,) = np.frombuffer(data[offset: offset + 4], ">u4")
+        tag = data[offset + 4: offset + 8]
+        body = data[offset + 8: offset + 8 + length]
+        (crc,) = np.frombuffer(data[offset + 8 + length: offset + 12 + length], ">u4")
+        assert crc == zlib.crc32(tag + body)
+        chunks.append((tag, body))
+        offset += 12 + int(length)
+    assert [tag for tag, _ in chunks] == [b"IHDR", b"IDAT", b"IEND"]
+    raw = zlib.decompress(chunks[1][1])  # checks the combined adler32 too
+    rows = np.frombuffer(raw, np.uint8).reshape(900, 640 * 3 + 1)
+    assert set(np.unique(rows[:, 0])) <= {1, 2, 3, 4}
+
+
+def reference_filter(cur: np.ndarray, above: np.ndarray, ftype: int, bpp: int) -> np.ndarray:
+    """PNG filters straight from the specification, one byte at a time."""
+    out = np.zeros_like(cur)
+    for y in range(cur.shape[0]):
+        for x in range(cur.shape[1]):
+            a = int(cur[y, x - bpp]) if x >= bpp else 0
+            b = int(above[y, x])
+            c = int(above[y, x - bpp]) if x >= bpp else 0
+            if ftype == 1:
+                predictor = a
+            elif ftype == 2:
+                predictor = b
+            elif ftype == 3:
+                predictor = (a + b) // 2
+            else:
+                p = a + b - c
+                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                predictor = a if pa <= pb and pa <= pc else b if pb <= pc else c
+            out[y, x] = (int(cur[y, x]) - predictor) % 256
+    return out
+
+
+@pytest.mark.parametrize("bpp", [1, 3])
+@pytest.mark.parametrize("ftype", [1, 2, 3, 4])
+def test_each_row_filter_matches_the_png_specification(ftype: int, bpp: int) -> None:
+    rng = np.random.default_rng(ftype * 10 + bpp)
+    cur = rng.integers(0, 256, (4, 7 * bpp), dtype=np.uint8)
+    above = rng.integers(0, 256, (4, 7 * bpp), dtype=np.uint8)
+    above[0] = 0
+    np.testing.assert_array_equal(images._filter_rows(cur, above, ftype, bpp), reference_filter(cur, above, ftype, bpp))
+
+
+def test_adler32_of_parts_combines_into_the_adler32_of_the_whole() -> None:
+    data = random_uint8(300, 300).tobytes() + bytes(70_000)
+    for cut in (0, 1, 5552, 65521, 200_000, len(data)):
+        first, second = data[:cut], data[cut:]
+        assert images._adler32_combine(zlib.adler32(first), zlib.adler32(second), len(second)) == zlib.adler32(data)
+
+
+def test_photo_png_is_no_larger_than_pillows_default() -> None:
+    pixels = photo_like(1024, 1024, seed=5)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    ours = images.encode_image(as_image(pixels))
+    assert ours.mime == "image/png"
+    assert ours.byte_count <= len(buffer.getvalue()) * 1.05
+    np.testing.assert_array_equal(images.decode_image(file_bytes(ours)), pixels)
+
+
+@pytest.mark.parametrize(
+    "pixels", [np.zeros((4, 4, 4), np.uint8), np.zeros((4, 4), np.float32), np.zeros((0, 4, 3), np.uint8)],
+    ids=["four-channels", "float", "empty"],
+)
+def test_encode_png_refuses_what_it_cannot_write(pixels: np.ndarray) -> None:
+    with pytest.raises(ValueError):
+        images.encode_png(pixels)
+
+
+@pytest.mark.parametrize(("flat_zeros", "paeth_gain"), [(1.1, 1e9), (1.1, 0.0), (-1.0, 0.0)],
+                         ids=["paeth-rle", "cheap-filter-rle", "cheap-filter-lz77"])
+def test_every_encoder_path_decodes_to_the_same_pixels(monkeypatch: pytest.MonkeyPatch, flat_zeros: float,
+                                                       paeth_gain: float) -> None:
+    monkeypatch.setattr(images, "_PNG_FLAT_ZEROS", flat_zeros)  # 1.1: never flat; -1: always flat
+    monkeypatch.setattr(images, "_PNG_PAETH_GAIN", paeth_gain)  # 1e9: Paeth whenever not flat
+    for pixels in (photo_like(801, 603, seed=9), flat_drawing(700, 515), photo_like(333, 555)[..., 2].copy()):
+        np.testing.assert_array_equal(decoded_with_pillow(images.encode_png(pixels)), pixels)
