@@ -76,3 +76,24 @@ def test_time_scale_replays_the_same_schedule_faster() -> None:
     fast = PollPolicy(time_scale=0.01)
     assert math.isclose(fast.interval_s(elapsed_s=0.08, status=TaskStatus.RUNNING), 0.0029)
     assert math.isclose(fast.retry_s(10), DEFAULT_POLICY.retry_s(10) * 0.01)
+
+
+def test_status_queries_of_the_whole_process_keep_to_the_task_api_limit() -> None:
+    """Many tasks polling densely share one window: never more than the limit in any second."""
+    from wanx_imageedit.nodes.core.quota import WINDOW_S, Quota
+    from wanx_imageedit.nodes.core.ticker import Ticker
+
+    now = [0.0]
+
+    class FakeTicker(Ticker):
+        def wait(self, seconds: float) -> None:
+            now[0] += seconds
+
+    quota = Quota(max_in_flight=8, submits_per_s=2, queries_per_s=20)
+    ticker = FakeTicker(clock=lambda: now[0])
+    sent = []
+    for _ in range(100):  # eight tasks' worth of back-to-back queries
+        quota.before_query(ticker)
+        sent.append(now[0])
+    assert all(b - a >= WINDOW_S - 1e-9 for a, b in zip(sent, sent[20:]))
+    assert sent[-1] < 5 * WINDOW_S + 1e-9  # and no slower than the limit requires

@@ -293,7 +293,7 @@ def _run_item(
             result.status = state.status.value
 
         state = wait_for_task(client, submitted.task_id, ticker=ticker, timeout_s=client.settings.task_timeout_s,
-                              outage_s=client.settings.poll_outage_s, policy=policy, on_state=on_state)
+                              outage_s=client.settings.poll_outage_s, policy=policy, on_state=on_state, quota=quota)
         result.timings_s["task"] = time.monotonic() - t1
     try:
         _collect(state, result, client=client, ticker=ticker, expected=request.expected_size(item))

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from .client import DashScopeClient, TransientError
 from .errors import ApiError, TaskTimeoutError
 from .protocol import TaskState, TaskStatus
+from .quota import Quota
 from .ticker import Ticker
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ DEFAULT_POLICY = PollPolicy()
 def wait_for_task(
     client: DashScopeClient, task_id: str, *, ticker: Ticker, timeout_s: float, outage_s: float,
     policy: PollPolicy = DEFAULT_POLICY, on_state: Callable[[TaskState], None] = lambda _: None,
-    first_delay_s: float | None = None,
+    first_delay_s: float | None = None, quota: Quota | None = None,
 ) -> TaskState:
     """Poll until the task reaches a terminal status and return that state. Transient failures
     are retried for up to ``outage_s`` in a row, so a long outage does not lose a paid task."""
@@ -69,6 +70,8 @@ def wait_for_task(
     delay_s = policy.interval_s(elapsed_s=0.0, status=status) if first_delay_s is None else first_delay_s
     while True:
         ticker.wait(delay_s)
+        if quota is not None:
+            quota.before_query(ticker)
         now = ticker.now()
         try:
             state = client.query(task_id)
