@@ -38,7 +38,6 @@ import ctypes
 import dataclasses
 import datetime
 import gc
-import importlib.util
 import io
 import math
 import os
@@ -51,23 +50,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def _register_pack() -> None:
-    """The same bootstrap as tests/conftest.py: the repository root is the package wanx_imageedit."""
-    if "wanx_imageedit" in sys.modules:
-        return
-    spec = importlib.util.spec_from_file_location(
-        "wanx_imageedit", REPO_ROOT / "__init__.py", submodule_search_locations=[str(REPO_ROOT)]
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["wanx_imageedit"] = module
-    spec.loader.exec_module(module)
+from pack_import import register_pack  # noqa: E402 - tests/ is on the path when run as a script
 
-
-_register_pack()
+register_pack()
 
 import numpy as np
 import torch

@@ -3,24 +3,9 @@ working tree (never as a top-level `nodes`, which is ComfyUI's), whether or not 
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
+from pack_import import register_pack
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def _register_pack() -> None:
-    spec = importlib.util.spec_from_file_location(
-        "wanx_imageedit", REPO_ROOT / "__init__.py", submodule_search_locations=[str(REPO_ROOT)]
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["wanx_imageedit"] = module
-    spec.loader.exec_module(module)
-
-
-_register_pack()
+register_pack()
 
 
 # --- shared fixtures ----------------------------------------------------------------------------

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-from conftest import FAST_POLL, REPO_ROOT, TEST_KEY, photo
+from conftest import FAST_POLL, TEST_KEY, photo
+from pack_import import REPO_ROOT
 from PIL import Image
 
 from wanx_imageedit.nodes.core import edit, images
@@ -24,10 +25,7 @@ from wanx_imageedit.nodes.core.functions import lookup
 from wanx_imageedit.nodes.core.journal import MAX_ENTRIES, Entry, Journal
 from wanx_imageedit.nodes.core.store import BudgetError, Store
 
-BOOT = ("import importlib.util, sys; "
-        f"spec = importlib.util.spec_from_file_location('wanx_imageedit', {str(REPO_ROOT / '__init__.py')!r}, "
-        f"submodule_search_locations=[{str(REPO_ROOT)!r}]); m = importlib.util.module_from_spec(spec); "
-        "sys.modules['wanx_imageedit'] = m; spec.loader.exec_module(m); ")
+BOOT = f"import sys; sys.path.insert(0, {str(REPO_ROOT / 'tests')!r}); import pack_import; pack_import.register_pack(); "
 
 
 def cli(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:

@@ -172,11 +172,7 @@ def pair_batches(
             value=f"shape {list(mask.shape)}" if isinstance(mask, torch.Tensor) else type(mask).__name__,
             fix="Connect a MASK output (for example from Load Image or a mask editor).",
         )
-    if not (mask.is_floating_point() or mask.dtype == torch.bool):
-        raise InputError(
-            "a MASK must hold floating-point values 0..1", value=f"dtype {mask.dtype}",
-            fix="Connect a MASK output, or convert it with an image-to-mask node.",
-        )
+    _require_mask_values(mask)
     # Same normalisation as ComfyUI's own mask nodes.
     masks = mask.reshape(-1, mask.shape[-2], mask.shape[-1])
     mask_batch = int(masks.shape[0])
@@ -281,11 +277,7 @@ def encode_mask(mask_hw: torch.Tensor, *, sent_size: ImageSize) -> Encoded:
             value=f"shape {list(mask_hw.shape)}" if isinstance(mask_hw, torch.Tensor) else type(mask_hw).__name__,
             fix="Split the mask batch first (pair_batches).",
         )
-    if not (mask_hw.is_floating_point() or mask_hw.dtype == torch.bool):
-        raise InputError(
-            "a MASK must hold floating-point values 0..1", value=f"dtype {mask_hw.dtype}",
-            fix="Connect a MASK output, or convert it with an image-to-mask node.",
-        )
+    _require_mask_values(mask_hw)
     original = ImageSize(int(mask_hw.shape[1]), int(mask_hw.shape[0]))
     target = ImageSize(int(sent_size[0]), int(sent_size[1]))
 
@@ -317,6 +309,14 @@ def encode_mask(mask_hw: torch.Tensor, *, sent_size: ImageSize) -> Encoded:
             fix="Use a simpler mask.",
         )
     return _encoded(data, mime="image/png", sent_size=target, original_size=original)
+
+
+def _require_mask_values(mask: torch.Tensor) -> None:
+    if not (mask.is_floating_point() or mask.dtype == torch.bool):
+        raise InputError(
+            "a MASK must hold floating-point values 0..1", value=f"dtype {mask.dtype}",
+            fix="Connect a MASK output, or convert it with an image-to-mask node.",
+        )
 
 
 def _float_rgb(image_hwc: torch.Tensor) -> np.ndarray:
