@@ -152,8 +152,11 @@ def test_results_are_fetched_only_from_result_hosts_and_without_the_key(emulator
     one_edit(client, quota)
     downloads = [r for r in emulator.requests if r.route == "download"]
     assert downloads and not any(r.auth_present for r in downloads)
-    for url in ("https://evil.example.com/a.png", "http://dashscope-result-bj.oss-cn-beijing.aliyuncs.com/a.png"):
+    for url in ("https://evil.example.com/a.png", "http://dashscope-result-bj.oss-cn-beijing.aliyuncs.com/a.png",
+                "ftp://127.0.0.1/a.png", "https://dashscope-result-bj.oss-cn-beijing.aliyuncs.com.evil.com/a.png"):
         with pytest.raises(WanxError, match="unexpected host"):
             client.check_result_url(url, task_id="t")
+    for url in ("http://127.0.0.1:1/results/a.png", "http://localhost:9/a.png"):  # the endpoint's host, any port
+        client.check_result_url(url, task_id="t")
     client.check_result_url("https://dashscope-result-wlcb-acdr-1.oss-cn-wulanchabu-acdr-1.aliyuncs.com/x.png?Expires=1",
                             task_id="t")

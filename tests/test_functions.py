@@ -116,7 +116,8 @@ def test_local_styles_name_the_object_and_the_style() -> None:
 
 def test_prompt_rules() -> None:
     assert f.build_prompt(f.lookup("super_resolution"), prompt="") == "图像超分。"
-    assert f.build_prompt(f.lookup("colorization"), prompt="  ") == ""
+    assert f.build_prompt(f.lookup("colorization"), prompt="  ") == "图像上色。"
+    assert f.build_prompt(f.lookup("description_edit_with_mask"), prompt="") == ""  # the guide: tiny objects
     with pytest.raises(InputError, match="needs a prompt"):
         f.build_prompt(f.lookup("expand"), prompt="")
     assert f.build_prompt(f.lookup("expand"), prompt="字" * 800) == "字" * 800

@@ -21,7 +21,7 @@ import urllib3
 from .errors import ApiError, DownloadError, ProtocolError, SubmitUncertainError, WanxError
 from .protocol import ServiceError, Submitted, TaskState, TaskSummary
 from .quota import Quota
-from .settings import Settings
+from .settings import LOOPBACK, Settings
 from .ticker import Ticker
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,7 @@ class DashScopeClient:
         self._downloads = requests.Session()
         self._downloads.headers["User-Agent"] = USER_AGENT
         self._base_host = urlsplit(settings.base_url).netloc
+        self._base_hostname = urlsplit(settings.base_url).hostname or ""
 
     def __repr__(self) -> str:
         return f"DashScopeClient(base_url={self._settings.base_url!r}, key={self._settings.key_hint!r})"
@@ -197,8 +198,9 @@ class DashScopeClient:
         """Results are fetched only from the service's result hosts over https, or from the
         configured endpoint's own host (the emulator, a gateway)."""
         parts = urlsplit(url)
-        allowed = (parts.scheme == "https" and bool(parts.hostname) and RESULT_HOST.match(parts.hostname or "")) or (
-            parts.netloc == self._base_host and parts.scheme in ("http", "https")
+        host = parts.hostname or ""
+        allowed = (parts.scheme == "https" and bool(RESULT_HOST.match(host))) or (
+            parts.scheme in ("http", "https") and _same_host(host, self._base_hostname)
         )
         if not allowed:
             raise DownloadError(
@@ -226,6 +228,12 @@ class DashScopeClient:
             ticker.wait(min(0.5 * 2 ** (attempt - 1), 8.0))
         raise DownloadError(f"could not download a result image ({last})", task_id=task_id,
                             advice=f"It was generated and billed; fetch it within 24 hours from {url}")
+
+
+def _same_host(host: str, base_host: str) -> bool:
+    """The endpoint's own host, on any port (a gateway or emulator may serve files separately);
+    the loopback names all mean this machine."""
+    return host == base_host or (host in LOOPBACK and base_host in LOOPBACK)
 
 
 def _never_sent(exc: requests.RequestException) -> bool:

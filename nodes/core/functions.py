@@ -247,9 +247,11 @@ FUNCTIONS: tuple[EditFunction, ...] = (
         "colorization", "Colorize", "Colorize", "图像上色",
         "Turns a black-and-white or grayscale image into colour.",
         "将黑白或灰度图片转为彩色。",
-        "Name the colours of key elements (蓝色背景，黄色的叶子。) or leave empty for automatic colour.",
-        "写出关键元素的颜色（如“蓝色背景，黄色的叶子。”），或留空自动上色。",
-        default_prompt="",
+        "Name the colours of key elements (蓝色背景，黄色的叶子。), or keep the generic 图像上色。 for automatic colour.",
+        "写出关键元素的颜色（如“蓝色背景，黄色的叶子。”），或保留通用的“图像上色。”自动上色。",
+        # The guide allows an empty prompt here, but the reference marks it required and the official
+        # SDK never sends one: a generic prompt in the documented "图像超分。" pattern is the safe default.
+        default_prompt="图像上色。",
     ),
     EditFunction(
         "doodle", "Doodle", "Sketch to Image", "线稿生图",

@@ -15,6 +15,7 @@ from .errors import ConfigError
 
 BEIJING_BASE_URL = "https://dashscope.aliyuncs.com/api/v1"
 INTL_HOST = "dashscope-intl.aliyuncs.com"
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})  # names of this machine: the emulator's home
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,7 @@ def check_base_url(base_url: str) -> None:
             "wanx2.1-imageedit exists only in China (Beijing)",
             advice=f"Use {BEIJING_BASE_URL} with a Beijing-region key.",
         )
-    if parts.scheme == "http" and parts.hostname not in ("127.0.0.1", "localhost", "::1"):
+    if parts.scheme == "http" and parts.hostname not in LOOPBACK:
         raise ConfigError(f"refusing to send the API key over plain http to {parts.hostname}",
                           advice="Use https, or a loopback address for the emulator.")
 
