@@ -42,15 +42,18 @@ def _input(spec: NodeInput, fn: EditFunction) -> io.Input:
                           step=param.step, round=param.step, tooltip=param.help_en)
 
 
+def _outputs(texts: Any) -> list[io.Output]:
+    """Every node of the pack outputs (IMAGE images, STRING report), named and described by docs."""
+    (images_out, images_tip, *_), (report_out, report_tip, *_) = texts
+    return [io.Image.Output(images_out, display_name=images_out, tooltip=images_tip),
+            io.String.Output(report_out, display_name=report_out, tooltip=report_tip)]
+
+
 def schema_for(fn: EditFunction) -> io.Schema:
-    (images_out, images_tip, *_), (report_out, report_tip, *_) = docs.OUTPUTS
     return io.Schema(
         node_id=fn.node_id, display_name=docs.display_name(fn), category=CATEGORY, description=docs.description(fn),
         inputs=[_input(spec, fn) for spec in node_inputs(fn)],
-        outputs=[
-            io.Image.Output(images_out, display_name=images_out, tooltip=images_tip),
-            io.String.Output(report_out, display_name=report_out, tooltip=report_tip),
-        ],
+        outputs=_outputs(docs.OUTPUTS),
     )
 
 
@@ -93,13 +96,11 @@ class WanxFetchTask(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         texts = docs.FETCH_NODE
-        (images_out, images_tip, *_), (report_out, report_tip, *_) = texts["outputs"]
         return io.Schema(
             node_id=docs.FETCH_NODE_ID, display_name=texts["display_name"][0], category=CATEGORY,
             description=texts["description"][0],
             inputs=[io.String.Input("task_id", default="", tooltip=texts["inputs"]["task_id"][2])],
-            outputs=[io.Image.Output(images_out, display_name=images_out, tooltip=images_tip),
-                     io.String.Output(report_out, display_name=report_out, tooltip=report_tip)],
+            outputs=_outputs(texts["outputs"]),
         )
 
     @classmethod

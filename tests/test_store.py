@@ -219,3 +219,13 @@ def test_journal_json_is_plain(tmp_path: Path) -> None:
     journal.update("t", status="SUCCEEDED", image_count=2)
     data = json.loads((tmp_path / "j.json").read_text())
     assert data["tasks"][0]["image_count"] == 2 and data["version"] == 1
+
+
+def test_a_damaged_cache_entry_is_recovered_from_the_service(emulator, client, quota, tmp_path: Path) -> None:
+    store = store_in(tmp_path)
+    outcome = edit.run(colorize(), client=client, quota=quota, policy=FAST_POLL, store=store)
+    (stored,) = (tmp_path / "cache").glob("*/*/0.png")
+    stored.write_bytes(b"not a png any more")
+    recovered = edit.recover(outcome.items[0].task_id, client=client, store=store)
+    assert recovered.source == "service" and emulator.created_count == 1
+    assert np.array_equal(recovered.images[0], outcome.items[0].images[0])

@@ -66,8 +66,9 @@ class DashScopeClient:
         # Result downloads never carry the Authorization header: a separate session, no defaults.
         self._downloads = requests.Session()
         self._downloads.headers["User-Agent"] = USER_AGENT
-        self._base_host = urlsplit(settings.base_url).netloc
-        self._base_hostname = urlsplit(settings.base_url).hostname or ""
+        base = urlsplit(settings.base_url)
+        self._base_host = base.netloc  # host:port, for messages
+        self._base_hostname = base.hostname or ""  # for the result-host rule
 
     def __repr__(self) -> str:
         return f"DashScopeClient(base_url={self._settings.base_url!r}, key={self._settings.key_hint!r})"

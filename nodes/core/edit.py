@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from . import images
-from .cache import digest
+from .cache import Hit, digest
 from .client import DashScopeClient
 from .errors import ApiError, CanceledError, SubmitUncertainError, TaskFailedError, WanxError
 from .functions import (
@@ -63,6 +63,11 @@ class EditRequest:
     def digest(self, item: Item) -> str:
         return digest(function=self.fn.api_name, prompt=self.prompt, parameters=self.parameters,
                       image_sha256=item.image.sha256, mask_sha256=item.mask.sha256 if item.mask else None)
+
+    @property
+    def n(self) -> int:
+        """Images asked for per input image: what each task may bill."""
+        return int(self.parameters.get("n", 1))  # type: ignore[call-overload]
 
     @property
     def cacheable(self) -> bool:
@@ -206,7 +211,7 @@ def run(
             _serve_from_cache(store, request.digest(item), result)
     to_send = [(item, result) for item, result in zip(request.items, results, strict=True) if not result.cached]
     if store is not None:
-        store.check_budget(images=len(to_send) * int(request.parameters.get("n", 1)))  # type: ignore[call-overload]
+        store.check_budget(images=len(to_send) * request.n)
 
     def work(item: Item, result: ItemResult) -> None:
         try:
@@ -287,7 +292,7 @@ def _run_item(
         if store is not None:  # before the first poll: from now on a crash cannot lose this paid task
             store.journal.record_submitted(Entry(
                 task_id=submitted.task_id, function=request.fn.api_name, digest=key, submitted_at=time.time(),
-                n=int(request.parameters.get("n", 1)), request_id=submitted.request_id))  # type: ignore[call-overload]
+                n=request.n, request_id=submitted.request_id))
 
         def on_state(state: TaskState) -> None:
             result.status = state.status.value
@@ -358,16 +363,22 @@ def _keep_bytes(data: bytes) -> tuple[bytes, np.ndarray]:
     return data, images.decode_image(data)
 
 
-def _serve_from_cache(store: Store, key: str, result: ItemResult) -> None:
-    assert store.cache is not None
-    hit = store.cache.get(key)
+def _cached_images(store: Store, key: str) -> tuple[Hit, list[np.ndarray]] | None:
+    """A cache entry and its decoded images; a missing or damaged entry is a miss."""
+    hit = store.cache.get(key) if store.cache is not None else None
     if hit is None:
-        return
+        return None
     try:
-        result.images = [images.decode_image(data) for data in hit.files]
+        return hit, [images.decode_image(data) for data in hit.files]
     except WanxError:
-        result.images = []
-        return  # a damaged entry is a miss
+        return None
+
+
+def _serve_from_cache(store: Store, key: str, result: ItemResult) -> None:
+    cached = _cached_images(store, key)
+    if cached is None:
+        return
+    hit, result.images = cached
     result.files, result.cached, result.status = list(hit.files), True, "done"
     result.task_id = str(hit.meta.get("task_id") or "") or None
     log.info("image %d: served from the result cache (task %s); nothing sent", result.index, result.task_id)
@@ -458,11 +469,12 @@ def recover(
         raise WanxError("the journal has no task whose results are missing",
                         advice="Pass the task id (see `wanx-imageedit tasks` or the Model Studio console).")
     task_id = task_id or entry.task_id  # type: ignore[union-attr]
-    if entry is not None and entry.results and entry.results.startswith("cache:") and store.cache is not None:
-        hit = store.cache.get(entry.results.removeprefix("cache:"))
-        if hit is not None:
-            return Recovered(task_id=task_id, status="SUCCEEDED", images=[images.decode_image(f) for f in hit.files],
-                             failures=[], image_count=entry.image_count or 0, source="cache")
+    cached = None
+    if entry is not None and entry.results and entry.results.startswith("cache:"):
+        cached = _cached_images(store, entry.results.removeprefix("cache:"))
+    if cached is not None:
+        return Recovered(task_id=task_id, status="SUCCEEDED", images=cached[1], failures=[],
+                         image_count=entry.image_count or 0, source="cache")  # type: ignore[union-attr]
     ticker = Ticker()
     with _cancel_watch(ticker, should_cancel):
         try:
