@@ -1,21 +1,38 @@
 """Loopback HTTP tests of the DashScope wanx2.1-imageedit emulator (no mocks), plus an SDK
-fidelity test: the official `dashscope` 2.0.2 SDK must work against it unchanged."""
+fidelity test: the official `dashscope` 2.0.2 SDK must work against it unchanged, the faults a
+test of money needs (issue 10), the benchmark's seams and counters, and its command line."""
 
 from __future__ import annotations
 
+import argparse
 import base64
 import io
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
+from pack_import import REPO_ROOT
 from PIL import Image, ImageDraw
-
-from wanx_imageedit.nodes.core.emulator import MODEL, Emulator
+from wanx_imageedit.nodes.emulator import (
+    MODEL,
+    Emulator,
+    Job,
+    LoggedRequest,
+    add_arguments,
+    render_result,
+    validate_job,
+)
+from wanx_imageedit.nodes.emulator.rules import ApiError, beijing_time
 
 KEY = "sk-emulator-key"
 # Fast lifecycle; the task API limit is raised because the helpers poll every 30 ms.
@@ -163,7 +180,10 @@ def test_create_query_download_roundtrip(emu: Emulator, api: Api) -> None:
     assert output["task_metrics"] == {"TOTAL": 2, "SUCCEEDED": 2, "FAILED": 0}
     assert body["usage"] == {"image_count": 2}
     urls = [r["url"] for r in output["results"]]
-    assert urls == [f"http://127.0.0.1:{emu.port}/results/{task_id}/{i}.png" for i in range(2)]
+    # Signed like OSS links: the object's path, then when the link expires and its signature.
+    assert [url.partition("?")[0] for url in urls] == [f"http://127.0.0.1:{emu.port}/results/{task_id}/{i}.png"
+                                                       for i in range(2)]
+    assert all(re.fullmatch(r"[^?]+\?Expires=\d+&Signature=[\w-]+", url) for url in urls), urls
     images = [png_of(api.download(url)) for url in urls]
     assert all(image.size == (512, 512) for image in images)
     assert emu.task_status(task_id) == "SUCCEEDED"
@@ -566,7 +586,7 @@ def test_task_api_faults(emu: Emulator, api: Api, route: str, fault: str) -> Non
         assert after.status_code == 200
 
 
-@pytest.mark.parametrize("fault", ["http404", "garbage", "drop_before", "http503", "slow:0.2"])
+@pytest.mark.parametrize("fault", ["http404", "http403", "garbage", "drop_before", "http503", "slow:0.2"])
 def test_download_faults(emu: Emulator, api: Api, fault: str) -> None:
     url = api.wait(api.create_ok(make_body()))["output"]["results"][0]["url"]
     emu.inject("download", fault)
@@ -577,7 +597,7 @@ def test_download_faults(emu: Emulator, api: Api, fault: str) -> None:
         response = api.download(url)
         if fault == "garbage":
             assert response.status_code == 200
-            with pytest.raises(Exception):
+            with pytest.raises(OSError):  # Pillow's UnidentifiedImageError
                 Image.open(io.BytesIO(response.content)).load()
         elif fault == "slow:0.2":
             png_of(response)
@@ -664,7 +684,7 @@ def test_expand_and_super_resolution_sizes(wide_api: Api) -> None:
         make_body("expand", "a green fairy", top_scale=1.5, bottom_scale=1.5, left_scale=1.25, right_scale=1.75),
         make_body("super_resolution", "sharpen", upscale_factor=2),
         make_body("super_resolution", "sharpen"))
-    expanded = Image.open(io.BytesIO(expanded_png))
+    expanded: Image.Image = Image.open(io.BytesIO(expanded_png))
     assert expanded.size == (768, 768)  # W*(1.25+1.75)/2, H*(1.5+1.5)/2
     original = Image.open(io.BytesIO(BASE_PNG)).convert("RGB")
     expanded = expanded.convert("RGB")
@@ -763,3 +783,333 @@ def test_sdk_async_call_cancel_and_list(sdk: Callable[[Emulator], Any]) -> None:
         assert statuses[queued.output.task_id] == "CANCELED"
         assert statuses[blockers[0].output.task_id] == "RUNNING"
         assert emulator.created_count == 3
+
+
+# ---- faults around money (issue 10) -----------------------------------------------------------
+
+
+def oss_code(response: requests.Response) -> str:
+    """The <Code> of an error answered the way object storage (OSS) answers: XML, not JSON."""
+    assert response.headers["Content-Type"] == "application/xml", response.headers
+    match = re.search(r"<Code>([^<]+)</Code>", response.text)
+    assert match, response.text
+    return match.group(1)
+
+
+def result_urls(api: Api, *, n: int = 1, **params: Any) -> tuple[str, list[str]]:
+    """A finished task's id and its signed result URLs."""
+    task_id = api.create_ok(make_body(n=n, **params))
+    output = api.wait(task_id)["output"]
+    assert output["task_status"] == "SUCCEEDED", output
+    return task_id, [r["url"] for r in output["results"]]
+
+
+@pytest.mark.parametrize(("fault", "status", "code"), [("http403", 403, "AccessDenied"), ("http404", 404, "NoSuchKey")])
+def test_download_refused_once_then_ok(emu: Emulator, api: Api, fault: str, status: int, code: str) -> None:
+    task_id, (url,) = result_urls(api)
+    emu.inject("download", fault)
+    refused = api.download(url)
+    assert refused.status_code == status and oss_code(refused) == code
+    assert emu.downloaded_count == 0
+    png_of(api.download(url))
+    assert emu.downloaded_count == 1 and emu.download_counts == {(task_id, 0): 1}
+
+
+@pytest.mark.parametrize(("fault", "status"), [("http403+always", 403), ("http404+always", 404)])
+def test_persistent_download_refusal_lasts_until_cleared(emu: Emulator, api: Api, fault: str, status: int) -> None:
+    _, (url,) = result_urls(api)
+    emu.inject("download", fault)
+    assert [api.download(url).status_code for _ in range(4)] == [status] * 4
+    emu.clear_faults("download")
+    png_of(api.download(url))
+    assert emu.downloaded_count == 1
+
+
+def test_a_download_fault_can_hold_one_result_index(emu: Emulator, api: Api) -> None:
+    task_id, urls = result_urls(api, n=2)
+    emu.inject("download", "http404+always+index:1")
+    for _ in range(3):
+        png_of(api.download(urls[0]))  # passes the fault by without using it up
+        assert api.download(urls[1]).status_code == 404
+    assert emu.download_counts == {(task_id, 0): 3}
+
+
+def test_times_modifier_repeats_a_fault(emu: Emulator, api: Api) -> None:
+    emu.inject("query", "http503+times:2", "http500")
+    assert [api.get("/tasks/x").status_code for _ in range(4)] == [503, 503, 500, 200]
+
+
+def test_truncated_short_and_corrupt_downloads(emu: Emulator, api: Api) -> None:
+    task_id, (url,) = result_urls(api)
+    full = api.download(url).content
+    emu.inject("download", "truncate")
+    with pytest.raises(requests.exceptions.ChunkedEncodingError, match="IncompleteRead"):
+        api.download(url)  # Content-Length promised more than came before the connection closed
+    emu.inject("download", "short")
+    short = api.download(url)
+    assert short.status_code == 200 and short.headers["Content-Type"] == "image/png"
+    assert int(short.headers["Content-Length"]) == len(short.content) == len(full) // 2  # valid headers
+    assert short.content == full[: len(full) // 2]
+    with pytest.raises(OSError):
+        Image.open(io.BytesIO(short.content)).load()
+    emu.inject("download", "garbage")
+    corrupt = api.download(url)
+    assert corrupt.status_code == 200 and corrupt.content[:8] != full[:8]
+    assert api.download(url).content == full
+    assert emu.download_counts == {(task_id, 0): 2}  # only the two whole, real images
+
+
+def test_short_and_truncate_let_an_error_answer_through(emu: Emulator, api: Api) -> None:
+    for fault in ("short", "truncate"):
+        emu.inject("download", fault)
+        missing = api.download(f"http://127.0.0.1:{emu.port}/results/no-such-task/0.png")
+        assert missing.status_code == 404 and oss_code(missing) == "NoSuchKey"
+
+
+def test_unknown_once_for_a_live_task(emu: Emulator, api: Api) -> None:
+    emu.next_task_outcomes("unknown_once")
+    task_id = api.create_ok(make_body())
+    assert api.query(task_id)["output"] == {"task_id": task_id, "task_status": "UNKNOWN"}
+    assert api.query(task_id)["output"]["task_status"] in ("PENDING", "RUNNING")  # the real state again
+    assert api.get("/tasks").json()["data"][0]["status"] in ("PENDING", "RUNNING")  # the list never hid it
+    assert api.wait(task_id)["output"]["task_status"] == "SUCCEEDED"
+    emu.inject("query", "unknown")  # the route fault: the next query of any task
+    assert api.query(task_id)["output"] == {"task_id": task_id, "task_status": "UNKNOWN"}
+    assert api.query(task_id)["output"]["task_status"] == "SUCCEEDED"
+    assert emu.billed_image_count == 1
+
+
+@pytest.mark.parametrize(("status", "code"), [(500, "InternalError"), (503, "ServiceUnavailable"),
+                                              (504, "RequestTimeOut")])
+def test_accepted_then_a_server_error_with_a_json_body(emu: Emulator, api: Api, status: int, code: str) -> None:
+    emu.inject("create", f"http{status}")
+    twin = assert_error(api.create(make_body()), status, code)
+    assert emu.created_count == 0  # the twin: the very same answer, nothing created
+    emu.inject("create", f"accept_then_{status}")
+    before_ms = int(emu.now_s() * 1000)
+    answer = assert_error(api.create(make_body()), status, code)
+    assert answer.keys() == twin.keys() and answer["message"] == twin["message"]
+    assert emu.created_count == 1
+    (row,) = api.get("/tasks").json()["data"]
+    assert row["request_id"] == answer["request_id"]  # the error's request_id is the task's submit request
+    assert before_ms <= row["gmt_create"] <= int(emu.now_s() * 1000)
+    assert api.wait(row["task_id"])["output"]["task_status"] == "SUCCEEDED"  # it runs, and it bills
+    assert emu.billed_image_count == 1
+
+
+def test_every_listed_task_names_its_submit_request_and_creation_time(emu: Emulator, api: Api) -> None:
+    answered = api.create(make_body()).json()
+    emu.inject("create", "drop_after")
+    with pytest.raises(requests.ConnectionError):
+        api.create(make_body())
+    rows = api.get("/tasks").json()["data"]  # newest first
+    assert emu.created_count == 2 and len(rows) == 2
+    assert (rows[1]["task_id"], rows[1]["request_id"]) == (answered["output"]["task_id"], answered["request_id"])
+    for row in rows:
+        assert re.fullmatch(r"[0-9a-f-]{36}", row["request_id"]), row
+        assert row["gmt_create"] == int(emu.task_times(row["task_id"]).submit_s * 1000)  # epoch milliseconds
+    assert rows[0]["request_id"] != answered["request_id"] and rows[0]["task_id"] in emu.task_ids
+
+
+def test_partial_failure_at_chosen_indices_with_a_chosen_code(emu: Emulator, api: Api) -> None:
+    emu.next_task_outcomes("partial:1,3:DataInspectionFailed", "partial:0:InternalError.Algo",
+                           "partial:3:DataInspectionFailed")
+    four, one, two = api.create_ok(make_body(n=4)), api.create_ok(make_body(n=1)), api.create_ok(make_body(n=2))
+    body = api.wait(four)
+    output = body["output"]
+    assert output["task_status"] == "SUCCEEDED"
+    assert ["url" in r for r in output["results"]] == [True, False, True, False]
+    moderated = {"code": "DataInspectionFailed", "message": "Output data may contain inappropriate content."}
+    assert output["results"][1] == output["results"][3] == moderated
+    assert output["task_metrics"] == {"TOTAL": 4, "SUCCEEDED": 2, "FAILED": 2} and body["usage"] == {"image_count": 2}
+    for index in (0, 2):
+        png_of(api.download(output["results"][index]["url"]))
+    body = api.wait(one)  # its only image failed: zero images is never SUCCEEDED
+    assert body["output"]["task_status"] == "FAILED" and body["output"]["code"] == "InternalError.Algo"
+    assert "usage" not in body
+    body = api.wait(two)  # index 3 does not exist for n=2
+    assert body["output"]["task_metrics"] == {"TOTAL": 2, "SUCCEEDED": 2, "FAILED": 0}
+    assert emu.billed_image_count == 4
+
+
+def test_new_fault_and_outcome_forms_are_checked(emu: Emulator) -> None:
+    for route, fault in [("download", "http403+index:x"), ("query", "http503+index:1"), ("query", "http503+times:0"),
+                         ("create", "accept_then_404"), ("create", "http503+forever"), ("download", "truncate:1"),
+                         ("query", "unknown:1"), ("list", "unknown")]:
+        with pytest.raises(ValueError):
+            emu.inject(route, fault)
+    for outcome in ["partial:1", "partial:1,x:DataInspectionFailed", "partial:4:InternalError", "partial:1:",
+                    "partial+partial:1:InternalError", "unknown_once:2"]:
+        with pytest.raises(ValueError):
+            emu.next_task_outcomes(outcome)
+    with pytest.raises(ValueError):
+        emu.clear_faults("nope")
+    with pytest.raises(ValueError):
+        emu.inject("nope")
+
+
+def test_result_links_expire_and_a_new_query_signs_them_again() -> None:
+    with Emulator(submit_rps=100, link_lifetime_s=30, **FAST) as emulator:
+        api = Api(emulator)
+        task_id, (url,) = result_urls(api)
+        expires = int(parse_qs(urlsplit(url).query)["Expires"][0])
+        assert 30 <= expires - emulator.now_s() <= 31
+        png_of(api.download(url))
+        emulator.advance(31)
+        expired = api.download(url)
+        assert expired.status_code == 403 and oss_code(expired) == "AccessDenied" and "expired" in expired.text
+        fresh = api.query(task_id)["output"]["results"][0]["url"]
+        assert fresh != url and fresh.partition("?")[0] == url.partition("?")[0]
+        png_of(api.download(fresh))
+        assert emulator.download_counts == {(task_id, 0): 2}
+
+
+def test_result_links_must_carry_their_own_signature(emu: Emulator, api: Api) -> None:
+    _, urls = result_urls(api, n=2)
+    expires = int(parse_qs(urlsplit(urls[0]).query)["Expires"][0])
+    assert 24 * 3600 <= expires - emu.now_s() <= 24 * 3600 + 1  # the service's 24 h by default
+    path, _, query = urls[0].partition("?")
+    assert oss_code(api.download(path)) == "AccessDenied"  # unsigned
+    borrowed = api.download(f"{urls[1].partition('?')[0]}?{query}")  # index 1 with index 0's signature
+    assert borrowed.status_code == 403 and oss_code(borrowed) == "SignatureDoesNotMatch"
+    extended = re.sub(r"Expires=(\d+)", lambda m: f"Expires={int(m[1]) + 3600}", urls[0])
+    assert oss_code(api.download(extended)) == "SignatureDoesNotMatch"
+    assert emu.downloaded_count == 0
+
+
+def test_money_counters(emu: Emulator, api: Api) -> None:
+    emu.next_task_outcomes("ok", "partial", "fail:InternalError")
+    ok, partial, failed = (api.create_ok(make_body(n=n)) for n in (2, 3, 2))
+    outputs = {task_id: api.wait(task_id)["output"] for task_id in (ok, partial, failed)}
+    assert outputs[failed]["task_status"] == "FAILED"
+    assert emu.created_count == 3 and emu.billed_image_count == 2 + 1
+    for url in [r["url"] for r in outputs[ok]["results"]] + [outputs[ok]["results"][0]["url"],
+                                                             outputs[partial]["results"][0]["url"]]:
+        png_of(api.download(url))
+    assert emu.downloaded_count == 4
+    assert emu.download_counts == {(ok, 0): 2, (ok, 1): 1, (partial, 0): 1}
+    state = requests.get(f"http://127.0.0.1:{emu.port}/_emulator/state", timeout=5).json()
+    assert (state["created_count"], state["billed_image_count"], state["downloaded_count"]) == (3, 3, 4)
+    emu.advance(25 * 3600)
+    assert emu.task_ids == [] and emu.billed_image_count == 3  # forgotten tasks stay billed
+
+
+# ---- seams for the benchmark -----------------------------------------------------------------
+
+
+def test_render_seam_and_request_observer() -> None:
+    rendered: list[tuple[str, int]] = []
+    observed: list[LoggedRequest] = []
+
+    def red(job: Job, *, index: int) -> bytes:
+        rendered.append((job.function, index))
+        buffer = io.BytesIO()
+        Image.new("RGB", (job.base.width_px, job.base.height_px), (255, 0, 0)).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    with Emulator(submit_rps=100, render=red, on_request=observed.append, **FAST) as emulator:
+        api = Api(emulator)
+        task_id = api.create_ok(make_body(n=2))
+        assert len(observed) == 1  # observed before the answer was written
+        urls = [r["url"] for r in api.wait(task_id)["output"]["results"]]
+        for url in urls * 2:
+            assert png_of(api.download(url)).convert("RGB").getpixel((5, 5)) == (255, 0, 0)
+            assert len(observed) == len(emulator.requests)
+        assert sorted(rendered) == [("description_edit", 0), ("description_edit", 1)]  # once each, then stored
+        assert observed == emulator.requests
+        assert observed[0].route == "create" and observed[0].status == 200 and observed[-1].route == "download"
+        assert all(r.handling_s >= 0 for r in observed)
+
+
+def test_task_times_and_the_clock(slow_emu: Emulator) -> None:
+    api = Api(slow_emu)
+    before_s = slow_emu.now_s()
+    task_id = api.create_ok(make_body())
+    times = slow_emu.task_times(task_id)
+    assert before_s <= times.submit_s <= slow_emu.now_s() and times.start_s is None and times.end_s is None
+    slow_emu.advance(60)
+    times = slow_emu.task_times(task_id)
+    assert times.start_s is not None and times.end_s is not None
+    assert times.submit_s < times.start_s < times.end_s <= slow_emu.now_s()
+    assert 10 <= times.end_s - times.start_s <= 20  # running_s=(10, 20)
+    assert api.query(task_id)["output"]["end_time"] == beijing_time(times.end_s)
+    assert api.get("/tasks").json()["data"][0]["end_time"] == int(times.end_s * 1000)
+    with pytest.raises(KeyError):
+        slow_emu.task_times("no-such-task")
+
+
+def test_validate_job_and_render_result_are_what_the_emulator_serves(emu: Emulator, api: Api) -> None:
+    body = make_body("expand", "x", top_scale=1.5, seed=4)
+    job = validate_job(body)
+    assert (job.function, job.n, job.params["top_scale"], job.params["seed"]) == ("expand", 1, 1.5, 4)
+    png = render_result(job, index=0)
+    assert Image.open(io.BytesIO(png)).size == (512, 640)  # H * (1.5 + 1.0) / 2
+    task_id = api.create_ok(body)
+    assert api.download(api.wait(task_id)["output"]["results"][0]["url"]).content == png
+    with pytest.raises(ApiError, match="parameters.n"):
+        validate_job(make_body(n=9))
+
+
+# ---- the command line ------------------------------------------------------------------------
+
+BOOT = (f"import sys; sys.path.insert(0, {str(REPO_ROOT / 'tests')!r}); import pack_import; "
+        "pack_import.register_pack(); ")
+
+
+def test_options_are_checked_and_shared_with_the_cli() -> None:
+    from wanx_imageedit.nodes.cli import build_parser
+
+    argv = ["--port", "0", "--fault", "create=accept_then_504", "--fault", "download=http403+always",
+            "--outcome", "unknown_once", "--link-lifetime-s", "60"]
+    args = build_parser().parse_args(["emulator", *argv])
+    assert args.faults == [("create", "accept_then_504"), ("download", "http403+always")]
+    assert (args.outcomes, args.link_lifetime_s, args.port) == (["unknown_once"], 60, 0)
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert vars(parser.parse_args(argv)) == {k: v for k, v in vars(args).items() if k != "command"}
+    for bad in (["--fault", "create=bogus"], ["--fault", "accept_then_504"], ["--outcome", "partial:9:X"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(bad)
+    assert "accept_then_504" in parser.format_help() and "unknown_once" in parser.format_help()
+
+
+def test_python_m_serves_the_faults_it_is_given(tmp_path: Path) -> None:
+    code = BOOT + "import runpy; runpy.run_module('wanx_imageedit.nodes.emulator', run_name='__main__')"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DASHSCOPE_", "WANX_"))}
+    env.update(WANX_STATE_DIR=str(tmp_path / "state"), HOME=str(tmp_path))
+    options = ["--port", "0", "--running-s", "0.1", "0.2", "--task-api-qps", "100",
+               "--fault", "create=accept_then_504", "--fault", "download=truncate", "--outcome", "unknown_once"]
+    process = subprocess.Popen([sys.executable, "-c", code, *options], env=env, cwd=tmp_path, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    banner: list[str] = []
+    try:
+        assert process.stdout is not None
+        while not banner or "press Ctrl-C" not in banner[-1]:  # the banner ends with this line
+            line = process.stdout.readline()
+            assert line, "the emulator exited: " + "".join(banner)
+            banner.append(line)
+        match = re.search(r"listening on (http://127\.0\.0\.1:\d+/api/v1)", banner[0])
+        assert match, banner
+        base_url, http = match.group(1), requests.Session()
+        auth = {"Authorization": f"Bearer {KEY}"}
+        created = http.post(f"{base_url}/services/aigc/image2image/image-synthesis", json=make_body(),
+                            headers={**auth, "X-DashScope-Async": "enable"}, timeout=10)
+        answer = assert_error(created, 504, "RequestTimeOut")
+        (row,) = http.get(f"{base_url}/tasks", headers=auth, timeout=10).json()["data"]
+        assert row["request_id"] == answer["request_id"]
+        statuses: list[str] = []
+        while not statuses or statuses[-1] not in ("SUCCEEDED", "FAILED"):
+            output = http.get(f"{base_url}/tasks/{row['task_id']}", headers=auth, timeout=10).json()["output"]
+            statuses.append(output["task_status"])
+            time.sleep(0.05)
+        assert statuses[0] == "UNKNOWN" and statuses[-1] == "SUCCEEDED"
+        url = output["results"][0]["url"]
+        with pytest.raises(requests.exceptions.ChunkedEncodingError):
+            requests.get(url, timeout=10)
+        assert requests.get(url, timeout=10).headers["Content-Type"] == "image/png"
+    finally:
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=10)
+    assert process.returncode == 0, err
+    assert "  fault queued for create: accept_then_504\n" in banner and "  outcome queued: unknown_once\n" in banner
+    assert "stopping" in out
