@@ -1,10 +1,12 @@
 """Host-free checks of the front-end files: the help pages and locale files are exactly what
-nodes/core/docs.py generates from the function table, say what a user needs (inputs, ranges,
-tips, cost, an example, in English and Chinese), and the extension's JavaScript computes sizes
-exactly like the Python core (run under Node with stand-ins for ComfyUI's app and api modules)."""
+nodes/authoring/docs.py generates from the function table, say what a user needs (inputs, ranges,
+tips, cost, an example, in English and Chinese), a function's entry alone drives its texts, and the
+extension's JavaScript computes sizes exactly like the Python core (its web/lib/ modules, run under
+Node as they are: they import nothing of ComfyUI)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -12,24 +14,31 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from wanx_imageedit.nodes.core import docs
+from wanx_imageedit.nodes.authoring import docs, samples, workflows
+from wanx_imageedit.nodes.core import texts
 from wanx_imageedit.nodes.core.errors import InputError
 from wanx_imageedit.nodes.core.functions import (
     FUNCTIONS,
     MAX_SIDE_PX,
     MIN_SIDE_PX,
     PRICE_PER_IMAGE,
+    STRENGTH,
+    EditFunction,
+    Example,
     ImageSize,
     OutputRule,
+    build_parameters,
+    build_prompt,
     node_inputs,
     output_size,
 )
 from wanx_imageedit.nodes.core.images import plan_fit
-from wanx_imageedit.nodes.core.samples import EXAMPLES
+from wanx_imageedit.nodes.core.texts import Text
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 WEB = REPO_ROOT / "web"
 JS = WEB / "wanx_imageedit.js"
+LIB = WEB / "lib"
 NODE = shutil.which("node")
 
 
@@ -45,31 +54,39 @@ def test_generated_files_are_in_sync_with_the_table() -> None:
 
 def test_the_web_dir_holds_only_the_extension_and_its_docs() -> None:
     # ComfyUI loads every .js under the web dir as an extension, so nothing else may be there.
-    expected_docs = {f"docs/{fn.node_id}/{lang}.md" for fn in FUNCTIONS for lang in docs.LANGS}
-    expected_docs |= {f"docs/{docs.FETCH_NODE_ID}/{lang}.md" for lang in docs.LANGS}
+    expected_docs = {f"docs/{fn.node_id}/{lang}.md" for fn in FUNCTIONS for lang in texts.LANGS}
+    expected_docs |= {f"docs/{texts.FETCH_NODE_ID}/{lang}.md" for lang in texts.LANGS}
     files = {p.relative_to(WEB).as_posix() for p in WEB.rglob("*") if p.is_file()}
-    assert files == expected_docs | {"wanx_imageedit.js"}
+    assert expected_docs <= files
+    scripts = files - expected_docs
+    assert "wanx_imageedit.js" in scripts
+    for name in sorted(scripts - {"wanx_imageedit.js"}):
+        # web/lib/ modules are loaded as extensions too: they may only export, never import ComfyUI or register.
+        assert re.fullmatch(r"lib/[a-z_]+\.js", name), name
+        text = (WEB / name).read_text(encoding="utf-8")
+        assert "scripts/app.js" not in text and "scripts/api.js" not in text and ".registerExtension(" not in text, name
 
 
 @pytest.mark.parametrize("fn", FUNCTIONS, ids=lambda fn: fn.node_id)
 def test_each_help_page_covers_inputs_tips_cost_and_an_example(fn) -> None:
-    for lang in docs.LANGS:
+    for lang in texts.LANGS:
         page = (WEB / "docs" / fn.node_id / f"{lang}.md").read_text(encoding="utf-8")
-        assert page.startswith(f"# {docs.display_name(fn, lang)}\n")
+        assert page.startswith(f"# {texts.edit_node(fn).display_name.get(lang)}\n")
         for spec in node_inputs(fn):
             row = next(line for line in page.splitlines() if line.startswith(f"- **`{spec.name}`"))
             assert (spec.help_en if lang == "en" else spec.help_zh) in row
             if spec.param is not None and spec.param.minimum is not None:
                 assert f"{docs._num(spec.param.minimum)}–{docs._num(spec.param.maximum)}" in row
         assert fn.prompt_hint_en in page if lang == "en" else fn.prompt_hint_zh in page
-        for tip in docs.GUIDE_TIPS[fn.api_name][0 if lang == "en" else 1]:
-            assert tip in page
+        for tip in fn.tips:
+            assert tip.get(lang) in page
         assert "CNY 0.14" in page and "USD 0.02007" in page
         assert f"wanx_{fn.key.lower()}" in page  # the example workflow
-        example = EXAMPLES[fn.api_name]
+        example = fn.example
         if example.prompt:
             assert example.prompt in page
-        heading = {"en": ("## Cost", "## Example", "## Prompt tips"), "zh": ("## 费用", "## 示例", "## 提示词技巧")}[lang]
+        heading = {"en": ("## Cost", "## Example", "## Prompt tips"),
+                   "zh": ("## 费用", "## 示例", "## 提示词技巧")}[lang]
         assert all(h in page for h in heading)
         if lang == "zh":
             assert fn.title_zh in page and fn.summary_zh in page
@@ -78,13 +95,13 @@ def test_each_help_page_covers_inputs_tips_cost_and_an_example(fn) -> None:
 
 
 def test_locales_translate_every_node_input_output_and_setting() -> None:
-    node_ids = [fn.node_id for fn in FUNCTIONS] + [docs.FETCH_NODE_ID]
-    for lang in docs.LANGS:
+    node_ids = [fn.node_id for fn in FUNCTIONS] + [texts.FETCH_NODE_ID]
+    for lang in texts.LANGS:
         defs = _load(f"locales/{lang}/nodeDefs.json")
         assert list(defs) == node_ids
         for fn in FUNCTIONS:
             entry = defs[fn.node_id]
-            assert entry["display_name"] == docs.display_name(fn, lang)
+            assert entry["display_name"] == texts.edit_node(fn).display_name.get(lang)
             assert list(entry["inputs"]) == [spec.name for spec in node_inputs(fn)]
             assert set(entry["outputs"]) == {"0", "1"}
         settings = _load(f"locales/{lang}/settings.json")
@@ -101,35 +118,78 @@ def test_locales_translate_every_node_input_output_and_setting() -> None:
         next(s.help_en for s in node_inputs(FUNCTIONS[5]) if s.name == "left_scale"))
 
 
+
+# --- a function's entry is all its texts need ----------------------------------------------------------
+
+CJK = re.compile(r"[\u4e00-\u9fff]")
+
+
+@pytest.mark.parametrize("fn", FUNCTIONS, ids=lambda fn: fn.node_id)
+def test_each_entry_carries_its_tips_labels_and_a_valid_example(fn: EditFunction) -> None:
+    assert fn.tips, "the vendor guide's advice for this function"
+    for tip in fn.tips:
+        assert tip.en.strip() and CJK.search(tip.zh), tip
+    for spec in node_inputs(fn):
+        assert CJK.search(spec.label_zh), (spec.name, spec.label_zh)
+    example = fn.example
+    assert example.scene in samples.SCENES
+    width, height = samples.sample_image(example.scene).size
+    assert MIN_SIDE_PX <= min(width, height) and max(width, height) <= MAX_SIDE_PX  # sent unresized
+    assert (samples.sample_mask(example.scene) is not None) == fn.needs_mask
+    wire = build_parameters(fn, example.values)
+    assert {name: wire[name] for name in example.values} == dict(example.values)
+    sent = build_prompt(fn, prompt=example.prompt, style=example.style)
+    assert sent.strip()
+    if fn.styles is not None:
+        assert example.style in fn.styles.keys
+
+
+def test_an_eleventh_function_needs_only_its_entry() -> None:
+    # A new entry that no side table knows: its help pages, locale entries and workflow come out whole.
+    new = EditFunction(
+        "new_function", "NewFunction", "New Function", "新功能", "Does something new.", "做新的事。",
+        "Describe it.", "描述它。", params=(dataclasses.replace(STRENGTH, label_zh="新幅度"),),
+        tips=(Text("A tip only this entry has.", "只有这个条目的提示。"),),
+        example=Example("line_art", "一只新的猫。", values={"strength": 0.25}),
+    )
+    en, zh = docs.help_markdown(new, "en"), docs.help_markdown(new, "zh")
+    assert en.startswith("# Wanx New Function\n") and zh.startswith("# 万相 新功能\n")
+    assert "- A tip only this entry has." in en and "- 只有这个条目的提示。" in zh
+    assert "**`strength` 新幅度**" in zh and "**`prompt` 提示词**" in zh
+    assert "`prompt` = '一只新的猫。', `strength` = `0.25`" in en and "768x768 sample" in en
+    flow = workflows.single(new)
+    edit_node = next(node for node in flow["nodes"] if node["type"] == "WanxImageEdit_NewFunction")
+    assert edit_node["title"] == "Wanx New Function"
+    assert edit_node["widgets_values"][:2] == ["一只新的猫。", 0.25]
+
+
+def test_the_node_texts_are_one_type() -> None:
+    node = texts.edit_node(FUNCTIONS[0])
+    assert node.display_name == Text("Wanx Global Stylization", "万相 全局风格化")
+    assert [port.name for port in node.outputs] == ["images", "report"] == [p.name for p in texts.FETCH_NODE.outputs]
+    assert texts.CATEGORY == "image/Wanx 2.1 Edit"
+    with pytest.raises(ValueError, match="no language 'fr'"):
+        node.display_name.get("fr")
+
+
 # --- the JavaScript, under Node -----------------------------------------------------------------------
 
-HOOKS = """
-export async function resolve(specifier, context, next) {
-  if (specifier.endsWith("/scripts/app.js")) {
-    return { url: "data:text/javascript," + encodeURIComponent(
-      "export const app = { registerExtension(e) { globalThis.__registered = e; } };"), shortCircuit: true };
-  }
-  if (specifier.endsWith("/scripts/api.js")) {
-    return { url: "data:text/javascript,export const api = {};", shortCircuit: true };
-  }
-  return next(specifier, context);
-}
-"""
-REGISTER = 'import { register } from "node:module"; register("./hooks.mjs", import.meta.url);\n'
 RUNNER = """
 import { readFileSync } from "node:fs";
-const js = await import(process.argv[2]);
+const lib = process.argv[2];
+const geometry = await import(`${lib}/geometry.js`);
+const session = await import(`${lib}/session.js`);
+const panel = await import(`${lib}/panel.js`);
 const cases = JSON.parse(readFileSync(0, "utf-8"));
 const out = {
-  fit: cases.fit.map(([w, h]) => js.fitSize(w, h, cases.min, cases.max)),
-  output: cases.output.map(([rule, w, h, values]) => js.outputSize(rule, {width: w, height: h}, values)),
-  round: cases.round.map((x) => js.roundHalfEven(x)),
-  money: cases.money.map(([c, a]) => js.formatMoney(c, a)),
-  report: js.parseReport(cases.report),
-  progress: js.parseProgress(cases.progress),
-  settings: globalThis.__registered.settings.map((s) => ({id: s.id, name: s.name, tooltip: s.tooltip,
+  fit: cases.fit.map(([w, h]) => geometry.fitSize(w, h, cases.min, cases.max)),
+  output: cases.output.map(([rule, w, h, values]) => geometry.outputSize(rule, {width: w, height: h}, values)),
+  round: cases.round.map((x) => geometry.roundHalfEven(x)),
+  money: cases.money.map(([c, a]) => session.formatMoney(c, a)),
+  report: session.parseReport(cases.report),
+  progress: session.parseProgress(cases.progress),
+  settings: panel.SETTING_DEFS.map((s) => ({id: s.id, name: s.name, tooltip: s.tooltip,
     options: (s.options ?? []).map((o) => o.text)})),
-  name: globalThis.__registered.name,
 };
 process.stdout.write(JSON.stringify(out));
 """
@@ -156,14 +216,13 @@ def js_run(tmp_path_factory: pytest.TempPathFactory):
     if NODE is None:
         pytest.skip("node (Node.js) is not installed")
     folder = tmp_path_factory.mktemp("node")
-    (folder / "hooks.mjs").write_text(HOOKS)
-    (folder / "register.mjs").write_text(REGISTER)
     (folder / "runner.mjs").write_text(RUNNER)
     expand = next(fn for fn in FUNCTIONS if fn.output_rule is OutputRule.EXPAND)
     upscale = next(fn for fn in FUNCTIONS if fn.output_rule is OutputRule.UPSCALE)
     output_cases = []
     for width, height in [(512, 512), (768, 768), (1000, 563), (4096, 4096), (777, 513), (1023, 4095)]:
-        for left, right, top, bottom in zip(SCALES, reversed(SCALES), SCALES[3:] + SCALES[:3], SCALES[5:] + SCALES[:5]):
+        for left, right, top, bottom in zip(SCALES, reversed(SCALES), SCALES[3:] + SCALES[:3], SCALES[5:] + SCALES[:5],
+                                            strict=True):
             output_cases.append(("expand", width, height, {"left_scale": left, "right_scale": right,
                                                            "top_scale": top, "bottom_scale": bottom}))
         for factor in (1, 2, 3, 4):
@@ -177,10 +236,14 @@ def js_run(tmp_path_factory: pytest.TempPathFactory):
         "min": MIN_SIDE_PX, "max": MAX_SIDE_PX, "fit": SIZES, "output": output_cases,
         "round": [0.5, 1.5, 2.5, -0.5, 2.4999, 2.5001, 767.5, 1152.0, 960.4999999999999],
         "money": [["CNY", 0.14], ["CNY", 0.84], ["USD", 0.02007], ["USD", 0.1204200000001], ["USD", 1.0]],
-        "report": report, "progress": "2/2 done, 3 s\nimage 1: done (task t-1)\nimage 2: RUNNING (task t-2)\nimage 3: queued",
+        "report": report,
+        # The payload of the websocket event wanx_imageedit.progress.
+        "progress": {"node": 7, "finished": 1, "total": 3, "elapsed_s": 3.2, "n": 2,
+                     "items": [{"state": "done", "task_id": "t-1"}, {"state": "RUNNING", "task_id": "t-2"},
+                               {"state": "queued", "task_id": None}]},
     }
     result = subprocess.run(
-        [NODE, "--import", str(folder / "register.mjs"), str(folder / "runner.mjs"), JS.as_uri()],
+        [NODE, str(folder / "runner.mjs"), LIB.as_uri()],
         input=json.dumps(cases), capture_output=True, text=True, timeout=60, check=False, cwd=folder,
     )
     assert result.returncode == 0, result.stderr
@@ -207,9 +270,9 @@ def test_js_rounding_money_report_and_progress(js_run) -> None:
     assert out["report"] == {"items": [{"taskId": "t-1", "imageCount": 2, "cached": False},
                                        {"taskId": "t-0", "imageCount": 0, "cached": True}],
                              "imageCount": 2, "currency": "CNY", "unitPrice": 0.14, "billed": 0.28}
-    assert out["progress"] == [{"index": 1, "state": "done", "taskId": "t-1"},
-                               {"index": 2, "state": "RUNNING", "taskId": "t-2"},
-                               {"index": 3, "state": "queued", "taskId": None}]
+    assert out["progress"] == {"node": "7", "finished": 1, "total": 3, "elapsedS": 3.2, "n": 2,
+                               "items": [{"state": "done", "taskId": "t-1"}, {"state": "RUNNING", "taskId": "t-2"},
+                                         {"state": "queued", "taskId": None}]}
 
 
 def test_js_settings_match_the_english_locale(js_run) -> None:
@@ -224,11 +287,11 @@ def test_js_settings_match_the_english_locale(js_run) -> None:
 
 
 def test_every_message_the_js_uses_exists_in_both_languages() -> None:
-    source = JS.read_text(encoding="utf-8")
+    source = "\n".join(path.read_text(encoding="utf-8") for path in [JS, *sorted(LIB.glob("*.js"))])
     used = set(re.findall(r"""msg\(\s*["'`]([a-z_]+)["'`]""", source))
     used |= {f"source_{kind}" for kind in ("environment", "key_file", "settings", "none")}  # msg(`source_${...}`)
     used |= {f"endpoint_source_{kind}" for kind in ("default", "settings", "environment")}
     assert used, "no msg() calls found"
-    for lang in docs.LANGS:
+    for lang in texts.LANGS:
         assert used <= set(_load(f"locales/{lang}/main.json")["wanxImageEdit"]), lang
     assert "localStorage" not in source and "sessionStorage" not in source and "indexedDB" not in source

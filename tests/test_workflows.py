@@ -9,8 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-
-from wanx_imageedit.nodes.core import workflows
+from wanx_imageedit.nodes.authoring import workflows
 from wanx_imageedit.nodes.core.errors import InputError
 from wanx_imageedit.nodes.core.functions import FUNCTIONS, build_prompt, node_inputs
 
@@ -36,7 +35,8 @@ def test_files_are_what_the_generator_writes(tmp_path: Path) -> None:
     workflows.write_all(tmp_path)
     assert sorted(p.name for p in tmp_path.glob("*.json")) == [p.name for p in FILES]
     for path in FILES:
-        assert json.loads(path.read_text(encoding="utf-8")) == json.loads((tmp_path / path.name).read_text(encoding="utf-8")), (
+        fresh = json.loads((tmp_path / path.name).read_text(encoding="utf-8"))
+        assert json.loads(path.read_text(encoding="utf-8")) == fresh, (
             f"{path.name} is stale: run `wanx-imageedit make-workflows`")
     for sample in (tmp_path / "inputs").glob("*.png"):
         with Image.open(sample) as fresh, Image.open(WORKFLOWS / "inputs" / sample.name) as committed:

@@ -1,10 +1,12 @@
-"""Sample inputs drawn in code, one per function, so the demo and the example workflows need no
-downloaded or copyrighted material. Deterministic: the same call gives the same pixels."""
+"""Sample inputs drawn in code, so the demo and the example workflows need no downloaded or
+copyrighted material. Deterministic: the same call gives the same pixels. A function's entry in the
+table names its scene (``fn.example.scene``); the scenes are drawn here.
+
+A new scene is one drawing function and one line in SCENES."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import NamedTuple
+from collections.abc import Callable, Mapping
 
 from PIL import Image, ImageDraw, ImageFilter
 
@@ -21,7 +23,8 @@ def _scene(*, width_px: int = SIDE_PX, height_px: int = SIDE_PX) -> Image.Image:
         draw.line([(0, y), (width_px, y)], fill=(int(90 + 120 * t), int(150 + 80 * t), int(235 - 20 * t)))
     draw.ellipse([width_px * 0.7, height_px * 0.08, width_px * 0.86, height_px * 0.24], fill=(255, 214, 90))
     draw.polygon([(0, horizon), (width_px * 0.35, height_px * 0.42), (width_px * 0.7, horizon)], fill=(86, 140, 90))
-    draw.polygon([(width_px * 0.4, horizon), (width_px * 0.8, height_px * 0.47), (width_px, horizon)], fill=(70, 120, 80))
+    draw.polygon([(width_px * 0.4, horizon), (width_px * 0.8, height_px * 0.47), (width_px, horizon)],
+                 fill=(70, 120, 80))
     draw.rectangle([0, horizon, width_px, height_px], fill=(110, 170, 90))
     x0, y0 = width_px * 0.18, height_px * 0.55
     draw.rectangle([x0, y0, x0 + width_px * 0.22, y0 + height_px * 0.2], fill=(200, 120, 80))
@@ -77,49 +80,40 @@ def _cartoon_character() -> Image.Image:
     return image
 
 
-def sample_image(api_name: str) -> Image.Image:
-    """The demo's input for one function (RGB)."""
-    if api_name == "description_edit_with_mask":
-        return _vase_on_table()
-    if api_name == "remove_watermark":
-        return _with_text()
-    if api_name == "doodle":
-        return _line_art()
-    if api_name == "control_cartoon_feature":
-        return _cartoon_character()
-    if api_name == "colorization":
-        return _scene().convert("L").convert("RGB")
-    if api_name == "super_resolution":
-        return _scene().resize((512, 512), Image.Resampling.BILINEAR).filter(ImageFilter.GaussianBlur(1.5))
-    return _scene()
+def _grayscale() -> Image.Image:
+    return _scene().convert("L").convert("RGB")
 
 
-def sample_mask(api_name: str) -> Image.Image | None:
-    """The inpainting mask (white = edit) for the vase sample; None for other functions."""
-    if api_name != "description_edit_with_mask":
-        return None
+def _small_and_blurred() -> Image.Image:
+    return _scene().resize((512, 512), Image.Resampling.BILINEAR).filter(ImageFilter.GaussianBlur(1.5))
+
+
+def _vase_mask() -> Image.Image:
+    """White = edit: the red ball next to the vase."""
     mask = Image.new("L", (SIDE_PX, SIDE_PX), 0)
     ImageDraw.Draw(mask).ellipse([505, 415, 635, 545], fill=255)
     return mask
 
 
-class Example(NamedTuple):
-    prompt: str
-    style: str = "custom"
-    values: Mapping[str, object] = {}
-
-
-# What the demo and the example workflows run: the vendor guide's prompt patterns on our samples.
-EXAMPLES: Mapping[str, Example] = {
-    "stylization_all": Example("", style="french picture book", values={"strength": 0.5}),
-    "stylization_local": Example("房子", style="wooden"),
-    "description_edit": Example("把太阳修改为月亮。", values={"strength": 0.5}),
-    "description_edit_with_mask": Example("桌子上只有一个蓝色花瓶。"),
-    "remove_watermark": Example("去除图像中的文字"),
-    "expand": Example("阳光下的乡村风景，远处有小房子。",
-                      values={"top_scale": 1.25, "bottom_scale": 1.25, "left_scale": 1.5, "right_scale": 1.5}),
-    "super_resolution": Example("图像超分。", values={"upscale_factor": 2}),
-    "colorization": Example("蓝色的天空，绿色的草地，红色的房子。"),
-    "doodle": Example("北欧极简风格的客厅。", values={"is_sketch": True}),
-    "control_cartoon_feature": Example("卡通形象在花园里开心地跳舞，周围有蝴蝶。"),
+SCENES: Mapping[str, Callable[[], Image.Image]] = {
+    "landscape": _scene,
+    "vase_on_table": _vase_on_table,
+    "landscape_with_text": _with_text,
+    "line_art": _line_art,
+    "cartoon_character": _cartoon_character,
+    "grayscale_landscape": _grayscale,
+    "small_blurred_landscape": _small_and_blurred,
 }
+# The scenes made for inpainting, with the area to edit.
+MASKS: Mapping[str, Callable[[], Image.Image]] = {"vase_on_table": _vase_mask}
+
+
+def sample_image(scene: str) -> Image.Image:
+    """A scene of SCENES (RGB)."""
+    return SCENES[scene]()
+
+
+def sample_mask(scene: str) -> Image.Image | None:
+    """The scene's inpainting mask (white = edit); None for a scene without one."""
+    draw = MASKS.get(scene)
+    return draw() if draw is not None else None

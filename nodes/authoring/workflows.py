@@ -12,8 +12,9 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
-from .functions import FUNCTIONS, EditFunction, lookup, node_inputs
-from .samples import EXAMPLES, sample_image, sample_mask
+from ..core import texts
+from ..core.functions import FUNCTIONS, EditFunction, lookup, node_inputs
+from .samples import sample_image, sample_mask
 
 INPUTS_DIR = "inputs"  # workflows/inputs: copy these into ComfyUI/input
 SEED = 20251125
@@ -51,7 +52,8 @@ class _Graph:
         src["outputs"][slot]["links"].append(link_id)
         entry = next(i for i in dst["inputs"] if i["name"] == input_name)
         entry["link"] = link_id
-        self.links.append([link_id, source, slot, target, list(i["name"] for i in dst["inputs"]).index(input_name), kind])
+        target_slot = [i["name"] for i in dst["inputs"]].index(input_name)
+        self.links.append([link_id, source, slot, target, target_slot, kind])
 
     def to_json(self) -> dict[str, Any]:
         return {"last_node_id": len(self.nodes), "last_link_id": len(self.links), "nodes": self.nodes,
@@ -69,12 +71,14 @@ def _edit_node(graph: _Graph, fn: EditFunction, values: Mapping[str, Any]) -> in
         widgets.append(values.get(spec.name, spec.default))
         if spec.control_after_generate:
             widgets.append("fixed")  # a fixed seed: queuing again unchanged is served from ComfyUI's cache
+    images, report = texts.OUTPUTS
     return graph.add(fn.node_id, widgets=widgets, inputs=sockets,
-                     outputs=[("images", "IMAGE"), ("report", "STRING")], title=f"Wanx {fn.title_en}")
+                     outputs=[(images.name, "IMAGE"), (report.name, "STRING")],
+                     title=texts.edit_node(fn).display_name.en)
 
 
 def _example_values(fn: EditFunction) -> dict[str, Any]:
-    example = EXAMPLES[fn.api_name]
+    example = fn.example
     values: dict[str, Any] = {"prompt": example.prompt, "seed": SEED, **example.values}
     if fn.styles is not None:
         values["style"] = example.style
@@ -111,7 +115,8 @@ def chain_inpaint_expand_upscale() -> dict[str, Any]:
     """Inpaint -> expand -> super-resolution -> save: three cloud steps in a row."""
     graph = _Graph()
     load = _load(graph, input_name("description_edit_with_mask"))
-    inpaint = _edit_node(graph, lookup("description_edit_with_mask"), _example_values(lookup("description_edit_with_mask")))
+    inpaint_fn = lookup("description_edit_with_mask")
+    inpaint = _edit_node(graph, inpaint_fn, _example_values(inpaint_fn))
     expand = _edit_node(graph, lookup("expand"), {"prompt": "桌子上有一个蓝色花瓶的温馨房间。", "seed": SEED,
                                                   "top_scale": 1.25, "bottom_scale": 1.25, "left_scale": 1.25,
                                                   "right_scale": 1.25})
@@ -130,7 +135,8 @@ def chain_batch_colorize_blend() -> dict[str, Any]:
     graph = _Graph()
     load = _load(graph, input_name("colorization"))
     batch = graph.add("RepeatImageBatch", widgets=[3], inputs=[("image", "IMAGE")], outputs=[("IMAGE", "IMAGE")])
-    colorize = _edit_node(graph, lookup("colorization"), {"prompt": "黄昏的天空，金色的草地，红色的房子。", "seed": SEED})
+    colorize = _edit_node(graph, lookup("colorization"),
+                          {"prompt": "黄昏的天空，金色的草地，红色的房子。", "seed": SEED})
     blend = graph.add("ImageBlend", widgets=[0.35, "normal"], inputs=[("image1", "IMAGE"), ("image2", "IMAGE")],
                       outputs=[("IMAGE", "IMAGE")])
     save = _save(graph, "wanx/chain_batch_colorize_blend")
@@ -152,10 +158,10 @@ def all_workflows() -> dict[str, dict[str, Any]]:
     return flows
 
 
-def sample_file(api_name: str) -> Image.Image:
-    """The LoadImage input: the sample, with the inpainting mask carried as transparency."""
-    image = sample_image(api_name)
-    mask = sample_mask(api_name)
+def sample_file(fn: EditFunction) -> Image.Image:
+    """The LoadImage input of ``fn``: its sample, with the inpainting mask carried as transparency."""
+    image = sample_image(fn.example.scene)
+    mask = sample_mask(fn.example.scene)
     if mask is None:
         return image
     rgba = image.convert("RGBA")
@@ -178,15 +184,15 @@ def write_all(folder: Path) -> list[Path]:
     (folder / INPUTS_DIR).mkdir(parents=True, exist_ok=True)
     for fn in FUNCTIONS:
         path = folder / INPUTS_DIR / input_name(fn.api_name)
-        sample_file(fn.api_name).save(path)
+        sample_file(fn).save(path)
         written.append(path)
-    titles = {f"wanx_{fn.key.lower()}": (f"Wanx {fn.title_en}", fn.api_name) for fn in FUNCTIONS}
-    titles["wanx_chain_inpaint_expand_upscale"] = ("Inpaint > Expand > Upscale", "description_edit_with_mask")
-    titles["wanx_chain_batch_colorize_blend"] = ("Batch colorize + blend", "colorization")
+    titles = {f"wanx_{fn.key.lower()}": (texts.edit_node(fn).display_name.en, fn) for fn in FUNCTIONS}
+    titles["wanx_chain_inpaint_expand_upscale"] = ("Inpaint > Expand > Upscale", lookup("description_edit_with_mask"))
+    titles["wanx_chain_batch_colorize_blend"] = ("Batch colorize + blend", lookup("colorization"))
     for stem, workflow in all_workflows().items():
         path = folder / f"{stem}.json"
         path.write_text(json.dumps(workflow, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
-        title, api_name = titles[stem]
-        _thumbnail(title, sample_image(api_name)).save(folder / f"{stem}.jpg", quality=85)
+        title, first = titles[stem]  # the thumbnail shows the sample of the workflow's first function
+        _thumbnail(title, sample_image(first.example.scene)).save(folder / f"{stem}.jpg", quality=85)
         written += [path, folder / f"{stem}.jpg"]
     return written
