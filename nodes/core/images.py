@@ -1,5 +1,5 @@
 """ComfyUI IMAGE/MASK tensors <-> the files wanx2.1-imageedit accepts and returns. Pure functions;
-the only module of ``nodes.core`` that imports torch.
+the only module of ``nodes.core`` that imports torch (the PNG writer, ``png.py``, is numpy only).
 
 Host conventions (comfyui-notes.md section f):
 
@@ -8,81 +8,106 @@ Host conventions (comfyui-notes.md section f):
   1 - alpha, and a 64x64 zeros tensor when the file has no alpha.
 
 Service rules (dashscope-imageedit-api.md section 5): each side 512..4096 px, file <= 10 MB,
-JPEG/PNG/...; the mask has exactly the image's resolution, pure white = edit, pure black = keep.
+JPEG/PNG/BMP/TIFF/WEBP; the mask has exactly the image's resolution, pure white = edit, pure black
+= keep.
 
-A batch is never silently reduced to its first item: ``pair_batches`` gives one (image, mask)
-pair per image, and the caller sends one task per pair.
+Check once, encode later: ``check_batch`` runs every rule that can refuse a batch (shapes, dtypes,
+mask pairing and size, NaN / infinite values, empty masks, the 8:1 aspect limit) without encoding
+anything, and gives one ``Checked`` per image (a batch is never reduced to its first item). ``encode``
+then trusts a Checked and only writes files. The checks read the caller's tensors in place (one
+min/max reduction per image, no float copy) and never write them.
+
+What is sent (section 5.1: "keep the original file < 7 MB when Base64-encoding ... use a URL for 7-10
+MB files"; this pack sends data URIs only, so ``MAX_BASE64_FILE_BYTES`` = 7 MB, decimal):
+
+- lossless PNG (our parallel writer, ``png.py``) when the file is at most 7 MB;
+- otherwise JPEG at the first quality of ``JPEG_QUALITIES`` (95, 90, ...) that is at most 7 MB.
+
+Lossless WebP (the service takes it, and so does nodes/emulator) was measured as the step between and
+left out. Pillow 13.0 / libwebp 1.6, 2 CPUs, against our PNG, on gradients + Gaussian noise (sigma
+0.005 and 0.02), 1/f-textured "detailed photos" and noisy illustrations at 2048^2, 3000^2 and 4096^2
+(19 images): WebP method 0 (its fastest) is 1.09-1.21x the PNG's bytes on every one; method 1 is
+0.90-1.03x the bytes but takes 0.6-8.8 s where the PNG takes 0.07-1.0 s; method 4 (the default) takes
+1.3-39 s and is at most 2% smaller than method 1. In no measured image was any WebP under 7 MB while
+the PNG was over it (e.g. 2048^2 sigma 0.02: PNG 7.44 MB, WebP m1 7.47 MB in 2.2 s; JPEG 95 1.34 MB in
+0.02 s). On clean drawings WebP is 0.3-0.65x the PNG, but there the PNG is far under 7 MB anyway
+(<= 2.3 MB at 4096^2). JPEG 95 of the photo-like images: 0.5-3.4 MB at 2048^2, 1.7-5.3 MB at 4096^2
+(textured: 13 MB, so lower rungs); uniform noise at 4096^2, the worst case, fits at quality 50 (6.9 MB).
+
+The rule as built (check + encode, same machine): 2048^2 sigma 0.02 -> JPEG 95, 1.34 MB (the 10 MB rule
+sent its 7.44 MB PNG, a 9.9 MB data URI); 2048^2 sigma 0.005 -> PNG 4.43 MB; 2048^2 textured -> JPEG 95
+3.35 MB (PNG 10.1 MB); 3000^2 -> JPEG 95 0.95-2.86 MB, textured JPEG 90 5.09 MB; 4096^2 -> JPEG 95
+1.73-5.31 MB, textured JPEG 80 5.65 MB; 0.13-0.75 s each, of which the checks take 5-40 ms.
+
+Results: ``check_result_size`` refuses, before anything is sent, a request whose results could not be
+decoded or held (``MAX_RESULT_SIDE_PX`` per side, ``RESULT_MEMORY_BYTES`` for all results), and
+``decode_image(data, max_pixels=decode_limit_px(expected))`` decodes a result beyond Pillow's own
+decompression-bomb limit (about 179 Mpx: a 3400^2 input upscaled 4x is 13600^2 = 185 Mpx) without
+touching Pillow's process-wide setting.
 """
 
 from __future__ import annotations
 
 import base64
-import concurrent.futures
+import functools
 import hashlib
 import io
-import itertools
 import logging
-import os
+import math
 import struct
-import threading
-import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import TypeVar
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 from .errors import DownloadError, InputError
 from .functions import MAX_SIDE_PX, MIN_SIDE_PX, ImageSize
+from .png import DEFAULT_TUNING, PixelRows, PngTuning, codec_pool, encode_png, encode_png_rows
 
 logger = logging.getLogger(__name__)
 
-MAX_FILE_BYTES = 10_000_000  # service limit is 10 MB; stay under it with margin for "MB" ambiguity
+MAX_FILE_BYTES = 10_000_000  # the service's limit, 10 MB (section 5.1); decimal, the smaller reading of "MB"
+MAX_BASE64_FILE_BYTES = 7_000_000  # DashScope's guidance for base64 data URIs (section 5.1): files under 7 MB
 
-# Images are sent as PNG written by our own encoder (encode_png): PNG row filtering in numpy, then
-# deflate in row bands on a few threads (zlib releases the GIL), joined into one zlib stream the way
-# pigz does (sync-flushed raw deflate parts, adler32 combined). Per band it picks the row filter from a
-# sample of rows (Average, Up or Sub; Paeth, the slowest in numpy, only when clearly better: least
-# sum of |filtered byte|) and compresses with the RLE strategy: on camera-like pixels the filtered
-# residuals are noise, LZ77 string matching finds almost nothing and only costs time, while Huffman
-# coding plus runs of repeated bytes gets the bytes. Bands whose filtered sample is mostly zeros (flat
-# drawings, text, clean gradients) use LZ77 instead. Float pixels are converted to 8 bits band by band
-# on the same threads. Measured on this project's machine (2 CPUs, zlib 1.2.13, Pillow 13.0), time and
-# bytes against Pillow's default PNG (level 6, adaptive filters):
-#   photo-like 1024^2 and 2048^2 (gradients + noise sigma 0.02): 0.96x the bytes, ~10x faster
-#   a real (JPEG-decoded) photo: 1.00x the bytes, ~5x faster; gradients with sigma 0.001-0.005 noise:
-#   0.84-0.96x the bytes, 15-30x faster; screenshots, drawings: 1.0-1.3x the bytes (small files either
-#   way), 2-3x faster. tests/bench.py (figure 3) measures it against Pillow plus base64.
-# Pillow (compress_level 4) is still used for masks: 1-bit content it compresses fast and well.
-PNG_COMPRESS_LEVEL = 4
-_PNG_STRATEGY = zlib.Z_RLE
-_PNG_BAND_BYTES = 256 * 1024  # rows per band: about this many bytes of pixels
-_PNG_MAX_BANDS = 16
-_PNG_SAMPLE_EVERY_ROWS = 16  # rows sampled to choose a band's filter
-_PNG_FLAT_ZEROS = 0.8  # a band whose filtered sample is at least this fraction of zeros is flat
-_PNG_PAETH_GAIN = 0.85  # Paeth is used when its cost is under this fraction of the best cheap filter's
-_PNG_LEVEL = 6
-_PNG_WORKERS = max(1, min(4, os.cpu_count() or 1))
-
-# JPEG fallback ladder. Pillow's libjpeg-turbo encodes 4096^2 in < 0.1 s per try, so a ladder is
-# cheap. Measured at 4096^2: a photo-like image fits at 95 (5.4 MB); uniform noise needs 70 (9.3 MB).
-JPEG_QUALITIES: tuple[int, ...] = (95, 90, 85, 80, 75, 70, 60, 50)
+# JPEG fallback ladder. Pillow's libjpeg-turbo encodes 4096^2 in < 0.13 s per try, so a ladder is
+# cheap. Measured at 4096^2: a photo-like image fits at 95 (5.3 MB); uniform noise needs 50 (6.9 MB),
+# and 40 (5.8 MB) is the margin below it.
+JPEG_QUALITIES: tuple[int, ...] = (95, 90, 85, 80, 75, 70, 60, 50, 40)
+MASK_PNG_LEVEL = 4  # masks go through Pillow's PNG: 1-bit content it compresses fast and well
 
 # When the raw pixels are over this multiple of max_bytes, the PNG size is first estimated from bands
 # of rows (1/8 of the image) and the full PNG is skipped when the estimate is over the limit: at
 # 4096^2 a photo's PNG is ~31 MB, far over. The estimate was within 1% of the full size on photo-like
-# and noise images; flat images come out underestimated, which only costs the full encode.
+# and noise images; flat images come out underestimated, which only costs the full encode. The JPEG
+# ladder starts at the first quality whose estimate from the same bands fits (within 0.5% of the full
+# size at 95..50 on noise, photo-like and textured 3000^2-4096^2 images), so a 4096^2 noise image
+# makes two full JPEGs instead of eight.
 _PNG_ESTIMATE_ABOVE_RAW = 2.0
 _PNG_ESTIMATE_SKIP_FACTOR = 1.25
 _SAMPLE_BAND_ROWS = 32
 _SAMPLE_EVERY_ROWS = 256
 
-_T = TypeVar("_T")
-
 _MASK_THRESHOLD = 0.5  # mask values >= this are white (edit), below are black (keep)
+
+# Results. The documented parameters make at most 4096 * upscale_factor 4 = 16384 px per side
+# (expand at most doubles a side, spec section 6). While a run downloads, each result pixel is held
+# as 8-bit RGB (3 bytes); the IMAGE batch handed to ComfyUI is float32 RGB (12 bytes).
+MAX_RESULT_SIDE_PX = 16_384
+MAX_RESULT_PIXELS = MAX_RESULT_SIDE_PX * MAX_RESULT_SIDE_PX
+BYTES_PER_RESULT_PIXEL = 3 + 12
+RESULT_MEMORY_BYTES = 8 * 1024**3  # all results of one run: e.g. 2 results of 16384^2 (8.1 GB) fit, 4 do not
+# The output-size rules are inferred (spec sections 6 and 15): a result may be up to 2x each side of
+# the prediction and still decode. Never below Pillow's own refusal limit (2 * its MAX_IMAGE_PIXELS
+# default), so nothing that decoded before is refused now.
+_RESULT_SLACK = 4
+_PILLOW_REFUSAL_PIXELS = 2 * 89_478_485
+
+_MASK_NAN_FIX = "Check the node that made the mask, or replace the values with a Clamp/Nan-to-num step."
+_IMAGE_NAN_FIX = ("Check the node that produced it (a VAE decode in fp16 can overflow), or replace them with a "
+                  "Clamp/Nan-to-num step.")
 
 
 @dataclass(frozen=True)
@@ -95,6 +120,28 @@ class Encoded:
     sent_size: ImageSize  # size actually sent
     original_size: ImageSize  # size the tensor had
     sha256: str  # hex digest of the encoded file bytes (a cache key)
+    notes: tuple[str, ...] = ()  # what the encoder chose that the user may want to know (the JPEG fallback)
+
+
+@dataclass(frozen=True, eq=False)  # holds tensors: compared by identity
+class Checked:
+    """One image of a batch that passed every rule, ready for ``encode``. Holds views of the caller's
+    tensors, which must not change before the encode (the encoder does not look again)."""
+
+    index: int  # 0-based position in the batch
+    count: int  # images in the batch
+    image: torch.Tensor  # [H,W,C] view of the caller's IMAGE
+    mask: torch.Tensor | None  # [H,W] view of the caller's MASK, None without a mask
+    original_size: ImageSize
+    sent_size: ImageSize  # plan_fit(original_size)
+    notes: tuple[str, ...]  # what will be done to the input on the way: resized, alpha flattened, clamped, binarized
+    # The mask as sent: uint8 [h,w] of 0/255 at sent_size (read-only). The check makes it, because
+    # "no white left after the resize" can only be checked on it.
+    mask_pixels: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def label(self) -> str:
+        return f"image {self.index + 1} of {self.count}"
 
 
 # --- sizes -------------------------------------------------------------------------------------------
@@ -149,52 +196,19 @@ def plan_fit(size: ImageSize) -> ImageSize:
     return fitted
 
 
-# --- batches -----------------------------------------------------------------------------------------
+# --- checks ------------------------------------------------------------------------------------------
 
 
-def pair_batches(
-    image: torch.Tensor, mask: torch.Tensor | None
-) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
-    """Split IMAGE ``[B,H,W,C]`` into B pairs ``(image [H,W,C], mask [H,W] or None)``.
+def check_batch(image: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[Checked, ...]:
+    """Every rule that can refuse IMAGE ``[B,H,W,C]`` (+ MASK), checked before anything is encoded or sent.
 
     MASK may be ``[H,W]`` or ``[Bm,H,W]``: Bm == 1 applies to every image, Bm == B pairs by index.
-    Items are views (no copy). Raises InputError, before anything is sent, for: an image that is not
-    a 4-D floating-point tensor with 3 or 4 channels, an empty batch, a mask that is not 2-D/3-D,
-    a mask batch other than 1 or B, or a mask whose height/width differ from the image's."""
-    _check_image_batch(image)
-    batch = int(image.shape[0])
-    if mask is None:
-        return [(image[i], None) for i in range(batch)]
-
-    if not isinstance(mask, torch.Tensor) or mask.dim() not in (2, 3):
-        raise InputError(
-            "a MASK must have shape [batch, height, width] or [height, width]",
-            value=f"shape {list(mask.shape)}" if isinstance(mask, torch.Tensor) else type(mask).__name__,
-            fix="Connect a MASK output (for example from Load Image or a mask editor).",
-        )
-    _require_mask_values(mask)
-    # Same normalisation as ComfyUI's own mask nodes.
-    masks = mask.reshape(-1, mask.shape[-2], mask.shape[-1])
-    mask_batch = int(masks.shape[0])
-    if mask_batch not in (1, batch):
-        raise InputError(
-            "the mask batch must hold one mask (used for every image) or one mask per image",
-            value=f"{mask_batch} masks for {batch} images",
-            fix="Use a single mask, or a mask batch of the same length as the image batch.",
-        )
-    img_size = image_size(image)
-    mask_size = ImageSize(int(masks.shape[2]), int(masks.shape[1]))
-    if mask_size != img_size:
-        raise InputError(
-            "the mask must have the same width and height as the image",
-            value=f"mask {mask_size} for image {img_size}",
-            fix="Draw or resize the mask at the image's size. Note that Load Image gives a 64x64 empty "
-            "mask for a file without alpha; paint the mask in the mask editor or load it separately.",
-        )
-    return [(image[i], masks[0] if mask_batch == 1 else masks[i]) for i in range(batch)]
-
-
-def _check_image_batch(image: torch.Tensor) -> None:
+    Raises InputError, naming the image where it matters, for: an image that is not a 4-D
+    floating-point tensor with 3 or 4 channels, an empty batch, a mask that is not 2-D/3-D or not
+    float/bool, a mask batch other than 1 or B, a mask whose height/width differ from the image's, an
+    aspect ratio beyond 8:1, NaN or infinite values in an image or a mask, a mask with no white, or a
+    mask whose white vanishes in the resize to the sent size. The batch-wide rules come first, so a
+    malformed batch is refused before any pixel is read."""
     if not isinstance(image, torch.Tensor) or image.dim() != 4:
         raise InputError(
             "an IMAGE must have shape [batch, height, width, channels]",
@@ -203,11 +217,51 @@ def _check_image_batch(image: torch.Tensor) -> None:
         )
     if int(image.shape[0]) == 0:
         raise InputError("the image batch is empty", value="0 images", fix="Connect at least one image.")
-    _check_pixels(image)
+    _check_pixel_format(image)
+    batch = int(image.shape[0])
+    original = image_size(image)
+    masks = _mask_batch(mask, batch=batch, size=original)
+    sent = plan_fit(original)
+
+    shared_mask: tuple[np.ndarray, tuple[str, ...]] | None = None
+    items = []
+    for index in range(batch):
+        notes = list(_image_value_notes(image[index], index=index, count=batch))
+        if original != sent:
+            notes.insert(0, f"resized {original} -> {sent} (the service takes sides of {MIN_SIDE_PX}-{MAX_SIDE_PX} px; "
+                            "one scale for both sides)")
+        mask_hw, pixels = None, None
+        if masks is not None:
+            mask_hw = masks[0] if len(masks) == 1 else masks[index]
+            if len(masks) > 1 or shared_mask is None:  # one mask for every image is checked once
+                where = ("" if batch == 1 else "the mask used for every image" if len(masks) == 1
+                         else f"image {index + 1} of {batch}")
+                shared_mask = _checked_mask(mask_hw, original=original, sent=sent, where=where)
+            pixels, mask_notes = shared_mask
+            notes += mask_notes
+        items.append(Checked(index=index, count=batch, image=image[index], mask=mask_hw, original_size=original,
+                             sent_size=sent, notes=tuple(notes), mask_pixels=pixels))
+    return tuple(items)
 
 
-def _check_pixels(image: torch.Tensor) -> None:
-    """Channel count and dtype, shared by batches [B,H,W,C] and single images [H,W,C]."""
+def check_image(image_hwc: torch.Tensor, mask_hw: torch.Tensor | None = None) -> Checked:
+    """``check_batch`` for one image ``[H,W,C]`` and its mask ``[H,W]`` (a batch of one)."""
+    if not isinstance(image_hwc, torch.Tensor) or image_hwc.dim() != 3:
+        raise InputError(
+            "one image must have shape [height, width, channels]",
+            value=f"shape {list(image_hwc.shape)}" if isinstance(image_hwc, torch.Tensor) else type(image_hwc).__name__,
+            fix="Check a whole IMAGE batch with check_batch.",
+        )
+    if mask_hw is not None and (not isinstance(mask_hw, torch.Tensor) or mask_hw.dim() != 2):
+        raise InputError(
+            "one mask must have shape [height, width]",
+            value=f"shape {list(mask_hw.shape)}" if isinstance(mask_hw, torch.Tensor) else type(mask_hw).__name__,
+            fix="Check a whole MASK batch with check_batch.",
+        )
+    return check_batch(image_hwc[None], None if mask_hw is None else mask_hw[None])[0]
+
+
+def _check_pixel_format(image: torch.Tensor) -> None:
     channels = int(image.shape[-1])
     if channels not in (3, 4):
         raise InputError(
@@ -222,180 +276,187 @@ def _check_pixels(image: torch.Tensor) -> None:
         )
 
 
-# --- encoding ----------------------------------------------------------------------------------------
-
-
-def encode_image(image_hwc: torch.Tensor, *, max_bytes: int = MAX_FILE_BYTES) -> Encoded:
-    """Encode one image ``[H,W,C]`` (float 0..1, C = 3 or 4) as the file to send.
-
-    - Alpha is flattened onto white: ``out = rgb * a + 1 * (1 - a)`` (the service has no alpha rule,
-      and white matches a blank page).
-    - Values are clamped to 0..1 (NaN -> 0) and converted with ``round(x * 255)``.
-    - Resized to ``plan_fit(size)`` when needed: LANCZOS when shrinking, BICUBIC when enlarging.
-    - PNG (lossless) by default; if it is over ``max_bytes``, JPEG at the first quality of
-      JPEG_QUALITIES that fits.
-
-    Raises InputError for a bad shape/dtype, a size plan_fit refuses, or when even the lowest JPEG
-    quality is over ``max_bytes``. Raises ValueError for a non-positive ``max_bytes``."""
-    if max_bytes <= 0:
-        raise ValueError(f"max_bytes must be positive, got {max_bytes}")
-    if not isinstance(image_hwc, torch.Tensor) or image_hwc.dim() != 3:
+def _mask_batch(mask: torch.Tensor | None, *, batch: int, size: ImageSize) -> torch.Tensor | None:
+    """MASK as a view ``[Bm,H,W]`` after the shape, dtype, batch and size rules; None without a mask."""
+    if mask is None:
+        return None
+    if not isinstance(mask, torch.Tensor) or mask.dim() not in (2, 3):
         raise InputError(
-            "one image must have shape [height, width, channels]",
-            value=f"shape {list(image_hwc.shape)}" if isinstance(image_hwc, torch.Tensor) else type(image_hwc).__name__,
-            fix="Split the batch first (pair_batches).",
+            "a MASK must have shape [batch, height, width] or [height, width]",
+            value=f"shape {list(mask.shape)}" if isinstance(mask, torch.Tensor) else type(mask).__name__,
+            fix="Connect a MASK output (for example from Load Image or a mask editor).",
         )
-    _check_pixels(image_hwc)
-    original = image_size(image_hwc)
-    target = plan_fit(original)
-
-    source = _Rows(_float_rgb(image_hwc))  # converted to 8 bits band by band, on the codec threads
-    if target != original:
-        shrinking = target.width < original.width
-        resized = Image.fromarray(source.full()).resize(
-            target, Image.Resampling.LANCZOS if shrinking else Image.Resampling.BICUBIC)
-        source = _Rows(np.asarray(resized))
-        logger.debug("resized image %s -> %s", original, target)
-
-    data, mime = _encode_within(source, max_bytes=max_bytes)
-    return _encoded(data, mime=mime, sent_size=target, original_size=original)
-
-
-def encode_mask(mask_hw: torch.Tensor, *, sent_size: ImageSize) -> Encoded:
-    """Encode one mask ``[H,W]`` (float 0..1 or bool) as a black/white grayscale PNG of ``sent_size``.
-
-    Values >= 0.5 become pure white 255 (edit), the rest pure black 0 (keep). The mask is resized to
-    ``sent_size`` (the size its image is sent at) with NEAREST, which commutes with the threshold, so
-    the file holds only 0 and 255. The caller guarantees the mask had its image's original size
-    (pair_batches checks it), so the same resize keeps them aligned.
-
-    Raises InputError for a bad shape/dtype, or when no white (edit) pixel is left after the
-    threshold and the resize."""
-    if not isinstance(mask_hw, torch.Tensor) or mask_hw.dim() != 2:
-        raise InputError(
-            "one mask must have shape [height, width]",
-            value=f"shape {list(mask_hw.shape)}" if isinstance(mask_hw, torch.Tensor) else type(mask_hw).__name__,
-            fix="Split the mask batch first (pair_batches).",
-        )
-    _require_mask_values(mask_hw)
-    original = ImageSize(int(mask_hw.shape[1]), int(mask_hw.shape[0]))
-    target = ImageSize(int(sent_size[0]), int(sent_size[1]))
-
-    # Threshold first: the resize then works on 1 byte per pixel, and NaN compares false (black).
-    white = mask_hw.detach().cpu() >= _MASK_THRESHOLD if mask_hw.is_floating_point() else mask_hw.detach().cpu()
-    had_white = bool(white.any())
-    pixels = white.to(torch.uint8).mul_(255).numpy()
-    pil = Image.fromarray(pixels)  # uint8 [H,W] -> mode "L"
-    if target != original:
-        pil = pil.resize(target, Image.Resampling.NEAREST)
-    if pil.getextrema()[1] == 0:
-        if had_white:
-            # NEAREST shrinking can skip a small or thin white area entirely.
-            raise InputError(
-                "the mask has no white (edit) area left after scaling it to the size sent",
-                value=f"mask {original} scaled to {target}",
-                fix="Enlarge or thicken the white area of the mask.",
-            )
-        raise InputError(
-            "the mask has no white (edit) area", value=f"an all-black {original} mask",
-            fix="Paint the area to edit in white (values >= 0.5). Note that Load Image gives an empty mask "
-            "for a file without alpha.",
-        )
-    data = _save(pil, "PNG", compress_level=PNG_COMPRESS_LEVEL)
-    if len(data) > MAX_FILE_BYTES:
-        # Unreachable for 1-bit content within 4096^2 (at most ~2 MB); JPEG would break pure black/white.
-        raise InputError(
-            f"the mask file must be at most {MAX_FILE_BYTES} bytes", value=f"{len(data)} bytes",
-            fix="Use a simpler mask.",
-        )
-    return _encoded(data, mime="image/png", sent_size=target, original_size=original)
-
-
-def _require_mask_values(mask: torch.Tensor) -> None:
     if not (mask.is_floating_point() or mask.dtype == torch.bool):
         raise InputError(
             "a MASK must hold floating-point values 0..1", value=f"dtype {mask.dtype}",
             fix="Connect a MASK output, or convert it with an image-to-mask node.",
         )
+    masks = mask.reshape(-1, mask.shape[-2], mask.shape[-1])  # the same normalisation as ComfyUI's mask nodes
+    mask_batch = int(masks.shape[0])
+    if mask_batch not in (1, batch):
+        raise InputError(
+            "the mask batch must hold one mask (used for every image) or one mask per image",
+            value=f"{mask_batch} masks for {batch} images",
+            fix="Use a single mask, or a mask batch of the same length as the image batch.",
+        )
+    mask_size = ImageSize(int(masks.shape[2]), int(masks.shape[1]))
+    if mask_size != size:
+        raise InputError(
+            "the mask must have the same width and height as the image",
+            value=f"mask {mask_size} for image {size}",
+            fix="Draw or resize the mask at the image's size. Note that Load Image gives a 64x64 empty "
+            "mask for a file without alpha; paint the mask in the mask editor or load it separately.",
+        )
+    return masks
+
+
+def _image_value_notes(image_hwc: torch.Tensor, *, index: int, count: int) -> tuple[str, ...]:
+    """The value rules of one image, from one min/max pass over the caller's memory (NaN and
+    infinities propagate into the min or the max); the exact count only on the way to refusing."""
+    low, high = (float(v) for v in torch.aminmax(image_hwc.detach()))
+    if not (math.isfinite(low) and math.isfinite(high)):
+        bad = int(torch.count_nonzero(~torch.isfinite(image_hwc.detach())))
+        raise InputError(f"the image has {bad} NaN / infinite pixel values", value=f"image {index + 1} of {count}",
+                         fix=_IMAGE_NAN_FIX)
+    notes = []
+    if low < 0.0 or high > 1.0:
+        notes.append(f"values from {low:.3g} to {high:.3g} clamped to 0..1")
+    if int(image_hwc.shape[-1]) == 4 and float(image_hwc[..., 3].detach().amin()) < 1.0:
+        notes.append("alpha flattened onto white (the service has no transparency)")
+    return tuple(notes)
+
+
+def _checked_mask(mask_hw: torch.Tensor, *, original: ImageSize, sent: ImageSize,
+                  where: str) -> tuple[np.ndarray, tuple[str, ...]]:
+    """One mask's value rules, and the mask as sent: uint8 0/255 at ``sent`` (NEAREST, which
+    commutes with the threshold, so the file holds only 0 and 255)."""
+    mask_hw = mask_hw.detach()
+    suffix = f" ({where})" if where else ""
+    notes = []
+    if mask_hw.is_floating_point():
+        low, high = (float(v) for v in torch.aminmax(mask_hw))
+        if not (math.isfinite(low) and math.isfinite(high)):
+            bad = int(torch.count_nonzero(~torch.isfinite(mask_hw)))
+            raise InputError(f"the mask has {bad} NaN / infinite values", value=f"mask {original}{suffix}",
+                             fix=_MASK_NAN_FIX)
+        gray = int(torch.count_nonzero((mask_hw > 0.0) & (mask_hw < 1.0)))
+        if gray:
+            notes.append(f"mask binarized at {_MASK_THRESHOLD}: {gray} pixels between 0 and 1 became black or white")
+        white = mask_hw >= _MASK_THRESHOLD  # a new tensor: the caller's mask is only read
+    else:
+        white = mask_hw
+    pixels = white.to(torch.uint8).mul_(255).cpu().numpy()
+    had_white = bool(pixels.any())
+    pil = Image.fromarray(pixels)  # uint8 [H,W] -> mode "L"
+    if sent != original:
+        pil = pil.resize(sent, Image.Resampling.NEAREST)
+        pixels = np.asarray(pil)
+        notes.append(f"mask resized {original} -> {sent} with its image (nearest neighbour)")
+    if not pixels.any():
+        if had_white:
+            # NEAREST shrinking can skip a small or thin white area entirely.
+            raise InputError(
+                "the mask has no white (edit) area left after scaling it to the size sent",
+                value=f"mask {original} scaled to {sent}{suffix}",
+                fix="Enlarge or thicken the white area of the mask.",
+            )
+        raise InputError(
+            "the mask has no white (edit) area", value=f"an all-black {original} mask{suffix}",
+            fix="Paint the area to edit in white (values >= 0.5). Note that Load Image gives an empty mask "
+            "for a file without alpha.",
+        )
+    pixels.flags.writeable = False  # shared by every image of the batch when there is one mask
+    return pixels, tuple(notes)
+
+
+# --- encoding ----------------------------------------------------------------------------------------
+
+
+def encode(checked: Checked, *, max_bytes: int = MAX_BASE64_FILE_BYTES,
+           tuning: PngTuning = DEFAULT_TUNING) -> tuple[Encoded, Encoded | None]:
+    """The files to send for one checked image: (image, mask or None)."""
+    return (encode_image(checked, max_bytes=max_bytes, tuning=tuning),
+            encode_mask(checked) if checked.mask_pixels is not None else None)
+
+
+def encode_image(checked: Checked, *, max_bytes: int = MAX_BASE64_FILE_BYTES,
+                 tuning: PngTuning = DEFAULT_TUNING) -> Encoded:
+    """Encode a checked image as the file to send (no rule is checked again).
+
+    - Alpha is flattened onto white: ``out = rgb * a + 1 * (1 - a)`` (the service has no alpha rule,
+      and white matches a blank page).
+    - Values are clamped to 0..1 and converted with ``round(x * 255)``.
+    - Resized to ``checked.sent_size`` when needed: LANCZOS when shrinking, BICUBIC when enlarging.
+    - PNG (lossless) when it is at most ``max_bytes``, else JPEG at the first quality of
+      JPEG_QUALITIES that fits (see the module notes for why not WebP).
+
+    Raises InputError when even the lowest JPEG quality is over ``max_bytes`` (the one rule that
+    needs the encode; at the default 7 MB no 4096^2 image measured reaches it). Raises ValueError
+    for a non-positive ``max_bytes``."""
+    if max_bytes <= 0:
+        raise ValueError(f"max_bytes must be positive, got {max_bytes}")
+    original, target = checked.original_size, checked.sent_size
+    source = PixelRows(_float_rgb(checked.image))  # converted to 8 bits band by band, on the codec threads
+    if target != original:
+        shrinking = target.width < original.width
+        resized = Image.fromarray(source.full(tuning=tuning)).resize(
+            target, Image.Resampling.LANCZOS if shrinking else Image.Resampling.BICUBIC)
+        source = PixelRows(np.asarray(resized))
+        logger.debug("resized image %s -> %s", original, target)
+    data, mime, notes = _encode_within(source, max_bytes=max_bytes, tuning=tuning)
+    return _encoded(data, mime=mime, sent_size=target, original_size=original, notes=notes, tuning=tuning)
+
+
+def encode_mask(checked: Checked) -> Encoded:
+    """The checked mask as a black/white grayscale PNG of ``checked.sent_size`` (made by the check).
+
+    Raises ValueError when the image was checked without a mask."""
+    if checked.mask_pixels is None:
+        raise ValueError(f"{checked.label} was checked without a mask")
+    buffer = io.BytesIO()
+    Image.fromarray(checked.mask_pixels).save(buffer, format="PNG", compress_level=MASK_PNG_LEVEL)
+    # At most ~2 MB for 1-bit content within 4096^2, under MAX_BASE64_FILE_BYTES; JPEG would break pure black/white.
+    return _encoded(buffer.getvalue(), mime="image/png", sent_size=checked.sent_size,
+                    original_size=checked.original_size, notes=(), tuning=DEFAULT_TUNING)
 
 
 def _float_rgb(image_hwc: torch.Tensor) -> np.ndarray:
-    """[H,W,3|4] float -> float32 [H,W,3] on the CPU, alpha flattened onto white. For an RGB float32
-    CPU tensor this is a view of the caller's own memory: it is only ever read."""
-    x = image_hwc.detach().to(device="cpu", dtype=torch.float32)
+    """[H,W,3|4] float -> float [H,W,3] numpy on the CPU, alpha flattened onto white. For an RGB
+    float32/float16 CPU tensor this is a view of the caller's own memory: it is only ever read (the
+    8-bit conversion widens float16 per band)."""
+    x = image_hwc.detach().cpu()
+    if x.dtype not in (torch.float32, torch.float16) or x.shape[-1] == 4:
+        x = x.to(torch.float32)
     if x.shape[-1] == 4:
-        x = torch.nan_to_num(x, nan=0.0).clamp_(0.0, 1.0)  # a copy: the caller's IMAGE is untouched
+        x = x.clamp(0.0, 1.0)  # a copy: the caller's IMAGE is untouched
         alpha = x[..., 3:4]
         x = x[..., :3].mul(alpha).add_(1.0 - alpha)  # rgb * a + white * (1 - a)
     return x.numpy()
 
 
-def _float_to_uint8(block: np.ndarray) -> np.ndarray:
-    """float 0..1 -> uint8 round(clamp(x) * 255), NaN -> 0 (clamping after scaling is the same)."""
-    scaled = np.multiply(block, np.float32(255.0), dtype=np.float32)
-    np.fmax(scaled, np.float32(0.0), out=scaled)  # fmax ignores NaN: NaN -> 0
-    np.fmin(scaled, np.float32(255.0), out=scaled)
-    np.rint(scaled, out=scaled)  # half to even, like torch.round
-    return scaled.astype(np.uint8)
-
-
-class _Rows:
-    """An image's rows as 8-bit samples: a uint8 ``[H,W,C]``/``[H,W]`` array as it is, or a float
-    ``[H,W,3]`` array converted on demand, so each encoder band converts only its own rows."""
-
-    def __init__(self, array: np.ndarray) -> None:
-        self.array = array
-        self.height, self.width = int(array.shape[0]), int(array.shape[1])
-        self.channels = 1 if array.ndim == 2 else int(array.shape[2])
-        self.stride = self.width * self.channels
-
-    @property
-    def nbytes(self) -> int:
-        return self.height * self.stride
-
-    def rows(self, start: int, stop: int) -> np.ndarray:
-        """uint8 ``[stop - start, width * channels]``, C-contiguous."""
-        block = self.array[start:stop]
-        if block.dtype != np.uint8:
-            block = _float_to_uint8(block)
-        return np.ascontiguousarray(block).reshape(stop - start, self.stride)
-
-    def full(self) -> np.ndarray:
-        """The whole image as uint8 ``[H,W,C]`` (``[H,W]`` for one channel)."""
-        shape = (self.height, self.width) if self.channels == 1 else (self.height, self.width, self.channels)
-        if self.array.dtype == np.uint8:
-            return np.ascontiguousarray(self.array).reshape(shape)
-        out = np.empty((self.height, self.stride), np.uint8)
-        edges = _band_edges(self.height, self.nbytes)
-
-        def convert(top: int, bottom: int) -> None:
-            out[top:bottom] = self.rows(top, bottom)
-
-        _run_bands(convert, edges)
-        return out.reshape(shape)
-
-
-def _encode_within(source: _Rows, *, max_bytes: int) -> tuple[bytes, str]:
-    """PNG if it fits in ``max_bytes``, else the best JPEG that does. Returns (bytes, mime)."""
+def _encode_within(source: PixelRows, *, max_bytes: int, tuning: PngTuning) -> tuple[bytes, str, tuple[str, ...]]:
+    """PNG if it fits in ``max_bytes``, else the best JPEG that does. Returns (bytes, mime, notes)."""
     height_px, width_px = source.height, source.width
+    sampled = source.height >= 2 * _SAMPLE_EVERY_ROWS
     # A PNG can only exceed the limit when the raw pixels do (stored deflate adds < 0.1%).
-    if source.nbytes <= max_bytes * _PNG_ESTIMATE_ABOVE_RAW or \
-            _estimate_png_bytes(source) <= max_bytes * _PNG_ESTIMATE_SKIP_FACTOR:
-        png = _encode_png_rows(source)
+    estimate = None
+    if sampled and source.nbytes > max_bytes * _PNG_ESTIMATE_ABOVE_RAW:
+        estimate = _estimated(source, lambda sample: encode_png(sample, tuning=tuning))
+    if estimate is None or estimate <= max_bytes * _PNG_ESTIMATE_SKIP_FACTOR:
+        png = encode_png_rows(source, tuning=tuning)
         if len(png) <= max_bytes:
-            return png, "image/png"
-        png_note = f"{len(png)} bytes"
+            return png, "image/png", ()
+        png_note = f"{len(png) / 1e6:.2f} MB"
     else:
-        png_note = "estimated over the limit"
-    pil = Image.fromarray(source.full())
-    for quality in JPEG_QUALITIES:
-        jpeg = _save(pil, "JPEG", quality=quality)
+        png_note = f"about {estimate / 1e6:.0f} MB (estimated)"
+    pixels = source.full(tuning=tuning)
+    for quality in _jpeg_ladder(pixels, max_bytes=max_bytes) if sampled else JPEG_QUALITIES:
+        jpeg = _jpeg(pixels, quality=quality)
         if len(jpeg) <= max_bytes:
-            logger.info(
-                "PNG of %dx%d is %s (> %d); sending JPEG quality %d (%d bytes)",
-                width_px, height_px, png_note, max_bytes, quality, len(jpeg),
-            )
-            return jpeg, "image/jpeg"
+            note = (f"sent as JPEG quality {quality} ({len(jpeg) / 1e6:.2f} MB): the lossless PNG would be {png_note}, "
+                    f"over the {max_bytes / 1e6:g} MB limit for base64 images")
+            logger.info("%dx%d %s", width_px, height_px, note)
+            return jpeg, "image/jpeg", (note,)
     raise InputError(
         f"the image file must be at most {max_bytes} bytes, and even JPEG quality {JPEG_QUALITIES[-1]} "
         "is larger",
@@ -404,204 +465,101 @@ def _encode_within(source: _Rows, *, max_bytes: int) -> tuple[bytes, str]:
     )
 
 
-def _estimate_png_bytes(source: _Rows) -> float:
-    """PNG size extrapolated from bands of rows spread over the image (1/8 of it)."""
+def _estimated(source: PixelRows, encode: Callable[[np.ndarray], bytes]) -> float:
+    """A file size extrapolated from bands of rows spread over the image (1/8 of it)."""
     height_px = source.height
-    bands = [source.rows(top, min(top + _SAMPLE_BAND_ROWS, height_px)) for top in range(0, height_px, _SAMPLE_EVERY_ROWS)]
+    bands = [source.rows(top, min(top + _SAMPLE_BAND_ROWS, height_px))
+             for top in range(0, height_px, _SAMPLE_EVERY_ROWS)]
     sample = np.concatenate(bands).reshape(-1, source.width, source.channels)
-    return len(encode_png(sample if source.channels == 3 else sample[..., 0])) * height_px / sample.shape[0]
+    return len(encode(sample if source.channels == 3 else sample[..., 0])) * height_px / sample.shape[0]
 
 
-def _save(pil: Image.Image, fmt: str, **options: int) -> bytes:
+def _jpeg_ladder(pixels: np.ndarray, *, max_bytes: int) -> tuple[int, ...]:
+    """JPEG_QUALITIES from the first one whose estimate fits (1% slack: the full file decides)."""
+    rows = PixelRows(pixels)
+    for index, quality in enumerate(JPEG_QUALITIES):
+        if _estimated(rows, functools.partial(_jpeg, quality=quality)) <= max_bytes * 1.01:
+            return JPEG_QUALITIES[index:]
+    return JPEG_QUALITIES[-1:]
+
+
+def _jpeg(pixels: np.ndarray, *, quality: int) -> bytes:
     buffer = io.BytesIO()
-    pil.save(buffer, format=fmt, **options)
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=quality)
     return buffer.getvalue()
 
 
-def _encoded(data: bytes, *, mime: str, sent_size: ImageSize, original_size: ImageSize) -> Encoded:
-    # The digest runs on a worker (hashlib releases the GIL) while base64 runs here.
-    digest = _pool().submit(_sha256_hex, data)
+def _encoded(data: bytes, *, mime: str, sent_size: ImageSize, original_size: ImageSize, notes: tuple[str, ...],
+             tuning: PngTuning) -> Encoded:
+    # The digest runs on a codec thread (hashlib releases the GIL) while base64 runs here.
+    digest = codec_pool(tuning.workers).submit(_sha256_hex, data)
     data_uri = f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
-    return Encoded(
-        data_uri=data_uri,
-        mime=mime,
-        byte_count=len(data),
-        sent_size=sent_size,
-        original_size=original_size,
-        sha256=digest.result(),
-    )
+    return Encoded(data_uri=data_uri, mime=mime, byte_count=len(data), sent_size=sent_size,
+                   original_size=original_size, sha256=digest.result(), notes=notes)
 
 
 def _sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-# --- PNG encoder -------------------------------------------------------------------------------------
-
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_FILTER_SUB, _FILTER_UP, _FILTER_AVERAGE, _FILTER_PAETH = 1, 2, 3, 4
-_pool_lock = threading.Lock()
-_pool_instance: concurrent.futures.ThreadPoolExecutor | None = None
+# --- results -----------------------------------------------------------------------------------------
 
 
-def _pool() -> concurrent.futures.ThreadPoolExecutor:
-    global _pool_instance
-    with _pool_lock:
-        if _pool_instance is None:
-            _pool_instance = concurrent.futures.ThreadPoolExecutor(
-                max_workers=_PNG_WORKERS, thread_name_prefix="wanx-codec")
-        return _pool_instance
+def result_memory_bytes(expected: ImageSize, *, count: int) -> int:
+    """Memory that ``count`` results of ``expected`` size take once downloaded and stacked."""
+    return count * expected.width * expected.height * BYTES_PER_RESULT_PIXEL
 
 
-def encode_png(pixels: np.ndarray) -> bytes:
-    """uint8 ``[H,W,3]`` (RGB) or ``[H,W]`` (grayscale) -> a lossless 8-bit PNG file.
+def check_result_size(expected: ImageSize, *, count: int = 1, memory_limit_bytes: int = RESULT_MEMORY_BYTES) -> None:
+    """Refuse, before anything is sent (and paid), results that could not be handed back.
 
-    The rows are cut into bands that are filtered and deflated in parallel; each band ends with a
-    sync flush, so the parts join into one zlib stream (one IDAT chunk) that any PNG reader decodes
-    to exactly these pixels. See the notes at PNG_COMPRESS_LEVEL for the choices and measurements."""
-    if pixels.dtype != np.uint8 or pixels.ndim not in (2, 3) or (pixels.ndim == 3 and pixels.shape[2] != 3):
-        raise ValueError(f"expected uint8 [H,W,3] or [H,W] pixels, got {pixels.dtype} {list(pixels.shape)}")
-    return _encode_png_rows(_Rows(pixels))
-
-
-def _encode_png_rows(source: _Rows) -> bytes:
-    if source.height == 0 or source.width == 0:
-        raise ValueError("a PNG needs at least one pixel")
-    edges = _band_edges(source.height, source.nbytes)
-    parts = _run_bands(lambda top, bottom: _png_band(source, top, bottom, last=bottom == source.height), edges)
-    adler = 1
-    for _, band_adler, band_bytes in parts:
-        adler = _adler32_combine(adler, band_adler, band_bytes)
-    # zlib header 0x78 0x01: deflate, 32 KiB window, no preset dictionary (FCHECK makes it % 31 == 0).
-    idat = [b"\x78\x01", *(part for part, _, _ in parts), struct.pack(">I", adler)]
-    idat_length = sum(len(piece) for piece in idat)
-    crc = zlib.crc32(b"IDAT")
-    for piece in idat:
-        crc = zlib.crc32(piece, crc)
-    color_type = 2 if source.channels == 3 else 0
-    header = struct.pack(">IIBBBBB", source.width, source.height, 8, color_type, 0, 0, 0)
-    return b"".join([
-        _PNG_SIGNATURE, _png_chunk(b"IHDR", header),
-        struct.pack(">I", idat_length), b"IDAT", *idat, struct.pack(">I", crc),
-        _png_chunk(b"IEND", b""),
-    ])
+    ``expected`` is one result's predicted size (functions.output_size of the sent size) and ``count``
+    every result of the run (images x n), since they all end up in one IMAGE batch. Raises InputError
+    when a side is over MAX_RESULT_SIDE_PX, or when the results need more than ``memory_limit_bytes``
+    (BYTES_PER_RESULT_PIXEL per pixel: the downloaded 8-bit file plus the float32 IMAGE)."""
+    if expected.width > MAX_RESULT_SIDE_PX or expected.height > MAX_RESULT_SIDE_PX:
+        raise InputError(
+            f"a result may have at most {MAX_RESULT_SIDE_PX} px per side to be decoded",
+            value=f"a predicted {expected} result",
+            fix="Lower the enlargement (upscale_factor or the expand scales), or send a smaller image.",
+        )
+    need = result_memory_bytes(expected, count=count)
+    if need > memory_limit_bytes:
+        raise InputError(
+            f"the results of one run must fit in {memory_limit_bytes / 2**30:.3g} GiB of memory "
+            f"({BYTES_PER_RESULT_PIXEL} bytes per pixel: the 8-bit download plus the float32 IMAGE)",
+            value=f"{count} result{'s' if count != 1 else ''} of {expected} = {need / 2**30:.1f} GiB",
+            fix="Ask for fewer results (n), send fewer images per run, or lower the enlargement "
+            "(upscale_factor or the expand scales).",
+        )
 
 
-def _band_edges(height_px: int, nbytes: int) -> list[int]:
-    count = int(min(_PNG_MAX_BANDS, height_px, max(1, nbytes // _PNG_BAND_BYTES)))
-    return [height_px * i // count for i in range(count + 1)]
-
-
-def _run_bands(work: Callable[[int, int], _T], edges: Sequence[int]) -> list[_T]:
-    """``work(top, bottom)`` for each band, on the codec threads when there are several."""
-    if len(edges) == 2:
-        return [work(edges[0], edges[1])]
-    futures = [_pool().submit(work, top, bottom) for top, bottom in itertools.pairwise(edges)]
-    return [future.result() for future in futures]
-
-
-def _png_chunk(tag: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(data, zlib.crc32(tag)))
-
-
-def _png_band(source: _Rows, top: int, bottom: int, *, last: bool) -> tuple[bytes, int, int]:
-    """Filter and deflate rows top..bottom. Returns (raw deflate data, adler32, filtered size)."""
-    bpp = source.channels
-    block = source.rows(max(top - 1, 0), bottom)  # with the row above, which the filters look at
-    band = block[1:] if top > 0 else block
-    if top > 0:
-        above = block[:-1]
-    else:
-        above = np.empty_like(band)
-        above[0] = 0
-        above[1:] = band[:-1]
-    sample = slice(0, bottom - top, _PNG_SAMPLE_EVERY_ROWS)
-    sample_cur, sample_above = band[sample], above[sample]
-    trials = {ftype: _filter_rows(sample_cur, sample_above, ftype, bpp)
-              for ftype in (_FILTER_AVERAGE, _FILTER_UP, _FILTER_SUB, _FILTER_PAETH)}
-    costs = {ftype: _filter_cost(trial) for ftype, trial in trials.items()}
-    cheap = min((_FILTER_AVERAGE, _FILTER_UP, _FILTER_SUB), key=costs.__getitem__)
-    flat = np.count_nonzero(trials[cheap]) < trials[cheap].size * (1.0 - _PNG_FLAT_ZEROS)
-    # Paeth is by far the slowest filter in numpy (~8x Average): only when it clearly pays.
-    filter_type = _FILTER_PAETH if not flat and costs[_FILTER_PAETH] < costs[cheap] * _PNG_PAETH_GAIN else cheap
-    filtered = np.empty((bottom - top, source.stride + 1), np.uint8)
-    filtered[:, 0] = filter_type
-    _filter_rows(band, above, filter_type, bpp, out=filtered[:, 1:])
-    # Flat content (drawings, screenshots, clean gradients): LZ77 finds the repeats, and fast.
-    strategy = zlib.Z_DEFAULT_STRATEGY if flat else _PNG_STRATEGY
-    data = _deflate(filtered, zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH, level=_PNG_LEVEL, strategy=strategy)
-    return data, zlib.adler32(filtered), filtered.nbytes
-
-
-def _deflate(data: np.ndarray, flush: int, *, level: int, strategy: int) -> bytes:
-    compressor = zlib.compressobj(level, zlib.DEFLATED, -15, 9, strategy)  # raw deflate: no header
-    return compressor.compress(data) + compressor.flush(flush)
-
-
-def _filter_rows(cur: np.ndarray, above: np.ndarray, ftype: int, bpp: int, out: np.ndarray | None = None) -> np.ndarray:
-    """PNG filter ``ftype`` applied to rows ``cur`` (each with its row above in ``above``), modulo 256."""
-    if out is None:
-        out = np.empty_like(cur)
-    left, cur_right = cur[:, :-bpp], cur[:, bpp:]
-    if ftype == _FILTER_SUB:
-        out[:, :bpp] = cur[:, :bpp]
-        np.subtract(cur_right, left, out=out[:, bpp:])
-    elif ftype == _FILTER_UP:
-        np.subtract(cur, above, out=out)
-    elif ftype == _FILTER_AVERAGE:
-        # floor((left + above) / 2) without overflow: (a & b) + ((a ^ b) >> 1); left is 0 in the first pixel.
-        predictor = np.empty_like(cur)
-        np.right_shift(above[:, :bpp], 1, out=predictor[:, :bpp])
-        right = predictor[:, bpp:]
-        np.bitwise_xor(left, above[:, bpp:], out=right)
-        np.right_shift(right, 1, out=right)
-        right += left & above[:, bpp:]
-        np.subtract(cur, predictor, out=out)
-    else:  # Paeth: the neighbour (left a, above b, upper-left c) closest to a + b - c
-        out[:, :bpp] = cur[:, :bpp] - above[:, :bpp]  # a = c = 0 there, so the predictor is b
-        a = left.astype(np.int16)
-        b = above[:, bpp:].astype(np.int16)
-        c = above[:, :-bpp].astype(np.int16)
-        b_minus_c = b - c
-        a_minus_c = a - c
-        pc = np.abs(b_minus_c + a_minus_c)
-        pa = np.abs(b_minus_c, out=b_minus_c)
-        pb = np.abs(a_minus_c, out=a_minus_c)
-        predictor = np.where(pb <= pc, b, c)
-        np.copyto(predictor, a, where=(pa <= pb) & (pa <= pc))
-        np.subtract(cur_right, predictor.astype(np.uint8), out=out[:, bpp:])
-    return out
-
-
-def _filter_cost(filtered: np.ndarray) -> int:
-    """Sum of |byte| with bytes read as signed (libpng's heuristic for choosing a filter)."""
-    return int(np.minimum(filtered, np.negative(filtered)).sum(dtype=np.uint64))
-
-
-def _adler32_combine(adler1: int, adler2: int, length2: int) -> int:
-    """adler32 of A + B from adler32(A), adler32(B) and len(B) (zlib's adler32_combine)."""
-    base = 65521
-    remainder = length2 % base
-    sum1 = adler1 & 0xFFFF
-    sum2 = (remainder * sum1) % base
-    sum1 = (sum1 + (adler2 & 0xFFFF) + base - 1) % base
-    sum2 = (sum2 + ((adler1 >> 16) & 0xFFFF) + ((adler2 >> 16) & 0xFFFF) + base - remainder) % base
-    return sum1 | (sum2 << 16)
+def decode_limit_px(expected: ImageSize) -> int:
+    """The pixel limit for decoding a result predicted at ``expected``: 4x its pixels (each side may be
+    twice the inferred rule's), at least Pillow's own refusal limit, at most MAX_RESULT_PIXELS. A
+    prediction within check_result_size always decodes."""
+    return min(MAX_RESULT_PIXELS, max(_RESULT_SLACK * expected.width * expected.height, _PILLOW_REFUSAL_PIXELS))
 
 
 # --- decoding ----------------------------------------------------------------------------------------
 
 
-def decode_image(data: bytes) -> np.ndarray:
+def decode_image(data: bytes, *, max_pixels: int | None = None) -> np.ndarray:
     """Result file bytes -> uint8 ``[H,W,3]`` (C-contiguous, writable).
 
     RGBA/LA/transparent palette images are flattened onto white with the same rule as encode_image;
     palette, grayscale and CMYK are converted to RGB. Only the first frame of an animation is used.
 
+    ``max_pixels`` None: Pillow's process-wide decompression-bomb limit applies, as for any file.
+    Given (see ``decode_limit_px``): that limit is replaced, for this call only, by ``max_pixels``,
+    checked on the header before any pixel is decoded; Pillow's setting is never changed, so other
+    threads of the host keep theirs. (A few Pillow plugins, e.g. WebP and MPO, still apply Pillow's
+    limit inside themselves; the results are PNG.)
+
     Raises DownloadError when the bytes do not decode as an image (e.g. an HTML/XML error page, a
-    truncated file), or when Pillow refuses the image as a decompression bomb."""
+    truncated file), or when the image is over the pixel limit."""
     try:
-        with Image.open(io.BytesIO(data)) as opened:
+        with _open(data, max_pixels=max_pixels) as opened:
             opened.load()
             return _to_rgb_array(opened)
     except Image.DecompressionBombError as exc:
@@ -612,6 +570,40 @@ def decode_image(data: bytes) -> np.ndarray:
         raise DownloadError(
             f"the downloaded result is not an image ({len(data)} bytes{hint}: {type(exc).__name__})"
         ) from exc
+
+
+def _open(data: bytes, *, max_pixels: int | None) -> Image.Image:
+    if max_pixels is None:
+        return Image.open(io.BytesIO(data))
+    opened = _open_without_pillow_limit(data)
+    width_px, height_px = opened.size
+    if width_px * height_px > max_pixels:
+        opened.close()
+        raise DownloadError(
+            f"the downloaded result is {width_px}x{height_px} ({width_px * height_px} px), over the "
+            f"{max_pixels} px this request can decode; it was not decoded")
+    return opened
+
+
+def _open_without_pillow_limit(data: bytes) -> ImageFile.ImageFile:
+    """Image.open's format probe (same plugins, same order) without its size check, which reads
+    Pillow's process-wide MAX_IMAGE_PIXELS: Pillow has no per-call limit, and setting the global,
+    even briefly, would change it for every thread of the host. Reads only the header."""
+    prefix = data[:16]
+    tried: set[str] = set()
+    for load_plugins in (Image.preinit, Image.init):
+        load_plugins()
+        for format_id in [f for f in Image.ID if f not in tried]:
+            tried.add(format_id)
+            factory, accept = Image.OPEN[format_id]
+            verdict = accept(prefix) if accept is not None else True
+            if isinstance(verdict, str) or not verdict:  # a str is Pillow's "maybe, but warn"
+                continue
+            try:
+                return factory(io.BytesIO(data), "")
+            except (SyntaxError, IndexError, TypeError, struct.error):
+                continue
+    raise UnidentifiedImageError("cannot identify image file")
 
 
 def _to_rgb_array(pil: Image.Image) -> np.ndarray:
