@@ -50,6 +50,8 @@ class ComfyHost:
     env: Mapping[str, str]
     port: int = 0
     process: subprocess.Popen[bytes] | None = None
+    extra_args: tuple[str, ...] = ()  # e.g. ("--front-end-root", DIR) for another front end
+    listen: str = "127.0.0.1"  # comma-separated addresses; loopback must stay first (self.url uses it)
 
     @property
     def url(self) -> str:
@@ -77,11 +79,11 @@ class ComfyHost:
             shutil.copy(sample, self.input_dir / sample.name)
         self.port = free_port()
         command = [
-            str(self.python), "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+            str(self.python), "main.py", "--cpu", "--listen", self.listen, "--port", str(self.port),
             "--disable-auto-launch", "--base-directory", str(self.workdir / "base"),
             "--user-directory", str(self.workdir / "user"), "--output-directory", str(self.output_dir),
             "--temp-directory", str(self.workdir / "tmp"), "--database-url", "sqlite:///:memory:",
-            "--disable-api-nodes",
+            "--disable-api-nodes", *self.extra_args,
         ]
         log = self.log_path.open("wb")
         self.process = subprocess.Popen(command, cwd=self.root, env=dict(self.env), stdout=log,

@@ -1,33 +1,42 @@
 """The settings routes inside a real ComfyUI (headless, CPU), with the emulator as the service: the
-key is stored server-side in a 0600 file and is write-only (no response, log line or file of ours
-carries it), the endpoint and currency are validated and stored, the connection test explains
-failures in plain words, the environment wins over stored settings, and the translations and help
-pages are served where the front end looks for them.
+key is stored server-side in a 0600 file, bound to its endpoint, and is write-only (no response,
+log line or file of ours carries it), the endpoint and currency are validated and stored, a new
+endpoint removes the stored key, the connection test explains failures in plain words, the
+environment wins over stored settings, the two-request attack of issue 14 reaches no key, other
+machines cannot change anything, and the translations and help pages are served where the front
+end looks for them.
 
-Skips with the reason when no ComfyUI is found (see comfy_host.find_host)."""
+Nothing leaves loopback: ComfyUI's HTTPS goes to a proxy address where nothing listens.
+Skips with the reason when no ComfyUI is found (see comfy_host.find_host); the test from another
+machine also needs root for a network namespace of its own."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
+from capture_server import CaptureServer
 from comfy_host import ComfyHost, find_host, free_port, load_workflow, ui_to_api
 from conftest import TEST_KEY
 from PIL import Image
-from wanx_imageedit.nodes.core import docs
-from wanx_imageedit.nodes.core.emulator import Emulator
+from wanx_imageedit.nodes.authoring import docs
 from wanx_imageedit.nodes.core.functions import FUNCTIONS, PRICE_PER_IMAGE, node_inputs
+from wanx_imageedit.nodes.emulator import Emulator
 
 FOUND = find_host()
 pytestmark = pytest.mark.skipif(isinstance(FOUND, str), reason=f"host tests need ComfyUI: {FOUND}")
 WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
 STORED_KEY = "sk-stored-through-settings-7f3a9c"  # what the user types in the settings panel
 WRONG_KEY = "sk-singapore-region-key-000000"
+BEIJING = "https://dashscope.aliyuncs.com/api/v1"
 
 
 @pytest.fixture(scope="module")
@@ -36,13 +45,20 @@ def emulator() -> Iterator[Emulator]:
         yield running
 
 
-def _host(tmp_path_factory: pytest.TempPathFactory, name: str, **extra_env: str) -> ComfyHost:
+def _host(tmp_path_factory: pytest.TempPathFactory, name: str, *, listen: str = "127.0.0.1",
+          **extra_env: str) -> ComfyHost:
     assert not isinstance(FOUND, str)
     root, python = FOUND
     workdir = tmp_path_factory.mktemp(name)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DASHSCOPE_", "WANX_"))}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("DASHSCOPE_", "WANX_")) and k.lower() not in PROXY_VARIABLES}
     env.update(HOME=str(workdir), **extra_env)  # no ~/.dashscope/api_key of the machine's user
-    return ComfyHost(root=root, python=python, workdir=workdir, env=env).start()
+    # The real service stays out of reach: HTTPS only through a loopback port where nothing listens.
+    env.update(HTTPS_PROXY=f"http://127.0.0.1:{free_port()}", NO_PROXY="127.0.0.1,localhost,::1")
+    return ComfyHost(root=root, python=python, workdir=workdir, env=env, listen=listen).start()
+
+
+PROXY_VARIABLES = {"http_proxy", "https_proxy", "all_proxy", "no_proxy"}
 
 
 @pytest.fixture(scope="module")
@@ -91,8 +107,9 @@ def test_status_without_any_key(api: Client, host: ComfyHost) -> None:
 def test_the_key_is_stored_owner_only_and_never_returned(api: Client, host: ComfyHost, emulator: Emulator) -> None:
     status = api("POST", "/key", {"api_key": f"  {STORED_KEY}\n"}).json()
     assert status["key_source"] == "settings" and status["key_hint"] == "…" + STORED_KEY[-4:]
+    assert status["stored_key_base_url"] == BEIJING and status["base_url_is_default"] is True
     path = _key_file(host)
-    assert path.read_text() == STORED_KEY + "\n"
+    assert json.loads(path.read_text()) == {"api_key": STORED_KEY, "base_url": BEIJING}  # the key and its endpoint
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
     assert [p.name for p in path.parent.iterdir() if p.name.endswith(".tmp")] == []  # the temp file was renamed
@@ -101,8 +118,13 @@ def test_the_key_is_stored_owner_only_and_never_returned(api: Client, host: Comf
     status = api("POST", "/settings", {"base_url": emulator.base_url + "/", "currency": "usd"}).json()
     assert (status["base_url"], status["base_url_source"]) == (emulator.base_url, "settings")
     assert (status["currency"], status["unit_price"]) == ("USD", PRICE_PER_IMAGE["USD"])
+    # The key was saved for Beijing: it does not follow the new endpoint, it is removed.
+    assert status["stored_key"] is False and not path.exists()
+    assert "The key saved in these settings was removed" in status["message"]
     stored = json.loads((path.parent / "settings.json").read_text())
     assert stored == {"base_url": emulator.base_url, "currency": "USD"}
+    status = api("POST", "/key", {"api_key": STORED_KEY}).json()
+    assert (status["stored_key_base_url"], status["base_url_is_default"]) == (emulator.base_url, False)
     test = api("POST", "/test").json()
     assert test["ok"] is True and "works for wanx2.1-imageedit" in test["message"]
     assert "…" + STORED_KEY[-4:] in test["message"]
@@ -137,10 +159,11 @@ def test_bad_requests_are_refused_without_echoing_them(api: Client, emulator: Em
 
 
 def test_unreachable_endpoint_is_explained(api: Client, emulator: Emulator) -> None:
-    api("POST", "/settings", {"base_url": f"http://127.0.0.1:{free_port()}/api/v1"})
+    api("POST", "/key", {"api_key": STORED_KEY, "base_url": f"http://127.0.0.1:{free_port()}/api/v1"})
     test = api("POST", "/test").json()
     assert test["ok"] is False and test["message"].startswith("Could not reach 127.0.0.1")
-    api("POST", "/settings", {"base_url": emulator.base_url, "currency": "CNY"})
+    api("POST", "/key", {"api_key": STORED_KEY, "base_url": emulator.base_url})  # key and endpoint in one request
+    assert api("POST", "/settings", {"currency": "CNY"}).json()["stored_key"] is True  # the currency alone keeps it
 
 
 def test_the_nodes_run_with_the_stored_key(api: Client, host: ComfyHost, emulator: Emulator) -> None:
@@ -231,8 +254,12 @@ def test_the_environment_wins_over_stored_settings(env_host: ComfyHost, emulator
     api("POST", "/key", {"api_key": STORED_KEY})
     status = api("POST", "/settings", {"base_url": "https://user:tok3n@gateway.example.com/api/v1?t=tok3n",
                                        "currency": "USD"}).json()
+    assert status["stored_key"] is False and "The key saved in these settings was removed" in status["message"]
+    assert "is not redirected: it still goes only to " + emulator.base_url in status["message"]
+    status = api("POST", "/key", {"api_key": STORED_KEY}).json()  # bound to the endpoint in use: the environment's
     assert status["key_source"] == "environment" and status["key_hint"] == "…" + TEST_KEY[-4:]
     assert status["stored_key"] is True and status["stored_key_hint"] == "…" + STORED_KEY[-4:]
+    assert status["stored_key_base_url"] == emulator.base_url
     assert status["env_overrides"] == {"api_key": True, "base_url": True}
     assert (status["base_url"], status["base_url_source"]) == (emulator.base_url, "environment")
     assert status["stored_base_url"] == "https://gateway.example.com/api/v1" and status["currency"] == "USD"
@@ -240,3 +267,123 @@ def test_the_environment_wins_over_stored_settings(env_host: ComfyHost, emulator
     assert test["ok"] is True and "the environment" in test["message"]
     assert not any(secret in answer for answer in api.answers for secret in (STORED_KEY, TEST_KEY, "tok3n"))
     assert TEST_KEY not in env_host.log() and STORED_KEY not in env_host.log()
+
+
+# --- issue 14: the two-request attack, from this machine and from another ---------------------------
+
+
+def _network_namespace() -> tuple[str, str, str] | str:
+    """(namespace, address of this machine on its link, the namespace's address), or why not."""
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        return "needs root and iproute2 for a network namespace"
+    name, link = f"wanx{os.getpid() % 100000}", f"wx{os.getpid() % 100000}"
+    subnet = f"10.231.{os.getpid() % 250}"
+    commands = [["ip", "netns", "add", name], ["ip", "link", "add", link + "a", "type", "veth", "peer", "name",
+                                               link + "b"],
+                ["ip", "link", "set", link + "b", "netns", name], ["ip", "addr", "add", f"{subnet}.1/30", "dev",
+                                                                  link + "a"],
+                ["ip", "link", "set", link + "a", "up"], ["ip", "-n", name, "addr", "add", f"{subnet}.2/30", "dev",
+                                                         link + "b"],
+                ["ip", "-n", name, "link", "set", link + "b", "up"], ["ip", "-n", name, "link", "set", "lo", "up"]]
+    for command in commands:
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            _remove_namespace(name, link)
+            return f"could not make a network namespace: {' '.join(command)}: {result.stderr.strip()}"
+    return name, f"{subnet}.1", f"{subnet}.2"
+
+
+def _remove_namespace(name: str, link: str) -> None:
+    subprocess.run(["ip", "link", "del", link + "a"], capture_output=True, check=False)
+    subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
+
+
+@pytest.fixture(scope="module")
+def netns() -> Iterator[tuple[str, str, str] | str]:
+    made = _network_namespace()
+    yield made
+    if not isinstance(made, str):
+        _remove_namespace(made[0], f"wx{os.getpid() % 100000}")
+
+
+@pytest.fixture(scope="module")
+def capture() -> Iterator[CaptureServer]:
+    with CaptureServer() as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def attacked_host(tmp_path_factory: pytest.TempPathFactory,
+                  netns: tuple[str, str, str] | str) -> Iterator[ComfyHost]:
+    """The setup of issue 14: the key in ComfyUI's environment, no endpoint there (so Beijing), and
+    ComfyUI listening beyond loopback too when a network namespace could be made."""
+    listen = "127.0.0.1" if isinstance(netns, str) else f"127.0.0.1,{netns[1]}"
+    running = _host(tmp_path_factory, "routes_attack", listen=listen, DASHSCOPE_API_KEY=TEST_KEY)
+    yield running
+    running.stop()
+
+
+def test_the_two_request_attack_reaches_no_key(attacked_host: ComfyHost, capture: CaptureServer) -> None:
+    api = Client(attacked_host)
+    evil = api("POST", "/settings", {"base_url": "https://evil.example.com/api/v1"})  # request 1, as in the issue
+    assert evil.status_code == 200
+    status = evil.json()
+    assert (status["base_url"], status["base_url_source"], status["base_url_is_default"]) == (BEIJING, "default", True)
+    assert status["stored_base_url"] == "https://evil.example.com/api/v1"
+    assert "is not redirected: it still goes only to " + BEIJING in status["message"]
+    test = api("POST", "/test").json()  # request 2: the key goes to Beijing (unreachable here), not to evil.example
+    assert test["ok"] is False and test["message"].startswith("Could not reach dashscope.aliyuncs.com")
+    # The same with an endpoint that answers and records: the capture server on loopback.
+    assert api("POST", "/settings", {"base_url": capture.base_url}).status_code == 200
+    assert api("POST", "/test").json()["message"].startswith("Could not reach dashscope.aliyuncs.com")
+    # And an edit: the node sends the environment's key to Beijing only, so it fails here. ProxyError: it went
+    # out over HTTPS, which only Beijing is (the capture server is plain http on loopback, never proxied).
+    prompt = ui_to_api(load_workflow(WORKFLOWS / "wanx_colorize.json"), attacked_host.object_info())
+    entry = attacked_host.wait(attacked_host.queue(prompt), timeout_s=180)
+    assert capture.seen == []
+    assert entry["status"]["status_str"] == "error"
+    assert "ProxyError" in json.dumps(entry["status"]["messages"])
+    assert TEST_KEY not in attacked_host.log() and not any(TEST_KEY in answer for answer in api.answers)
+
+
+NETNS_CLIENT = """
+import json, sys, requests
+url = sys.argv[1]
+answers = []
+for method, path, body in json.loads(sys.argv[2]):
+    response = requests.request(method, url + path, json=body, timeout=30)
+    answers.append([response.status_code, response.text])
+print(json.dumps(answers))
+"""
+
+
+def test_another_machine_cannot_change_the_key_or_endpoint(attacked_host: ComfyHost, capture: CaptureServer,
+                                                           netns: tuple[str, str, str] | str) -> None:
+    if isinstance(netns, str):
+        pytest.skip(netns)
+    name, address, _ = netns
+    api = Client(attacked_host)
+    api("POST", "/settings", {"base_url": capture.base_url})
+    api("POST", "/key", {"api_key": STORED_KEY})  # from this machine: accepted
+    folder = _key_file(attacked_host).parent
+    before = sorted((p.name, p.read_bytes()) for p in folder.iterdir())
+    calls = [["POST", "/settings", {"base_url": "https://evil.example.com/api/v1"}],
+             ["POST", "/key", {"api_key": WRONG_KEY, "base_url": "https://evil.example.com/api/v1"}],
+             ["DELETE", "/key", None], ["POST", "/test", {}], ["GET", "/status", None]]
+    env = {k: v for k, v in os.environ.items() if k.lower() not in PROXY_VARIABLES}
+    result = subprocess.run(["ip", "netns", "exec", name, sys.executable, "-c", NETNS_CLIENT,
+                             f"http://{address}:{attacked_host.port}/api/wanx_imageedit", json.dumps(calls)],
+                            capture_output=True, text=True, check=False, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    answers = json.loads(result.stdout)
+    for (status_code, text), (method, path, _) in zip(answers[:4], calls[:4], strict=True):
+        assert status_code == 403, (method, path, text)
+        error = json.loads(text)["error"]
+        assert f"came from {netns[2]}" in error and "WANX_ALLOW_REMOTE_SETTINGS=1" in error
+        assert "DASHSCOPE_API_KEY" in error and "~/.dashscope/api_key on the server" in error
+    status_code, text = answers[4]
+    status = json.loads(text)
+    assert status_code == 200 and status["stored_key_hint"] == "…" + STORED_KEY[-4:]
+    assert not any(secret in text for _, text in answers for secret in (TEST_KEY, STORED_KEY, WRONG_KEY))
+    assert sorted((p.name, p.read_bytes()) for p in folder.iterdir()) == before  # nothing changed on disk
+    assert capture.seen == []
