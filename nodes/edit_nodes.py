@@ -14,11 +14,20 @@ except ImportError:  # a newer ComfyUI that dropped the pinned version
     from comfy_api.latest import ComfyExtension, io
 
 from . import host
-from .core import docs, edit
+from .core import texts
 from .core.errors import WanxError
-from .core.functions import CUSTOM_STYLE, FUNCTIONS, EditFunction, NodeInput, build_parameters, build_prompt, node_inputs
+from .core.functions import (
+    CUSTOM_STYLE,
+    FUNCTIONS,
+    EditFunction,
+    NodeInput,
+    build_parameters,
+    build_prompt,
+    node_inputs,
+)
+from .core.request import prepare
 
-CATEGORY = docs.CATEGORY
+CATEGORY = texts.CATEGORY
 
 
 def _input(spec: NodeInput, fn: EditFunction) -> io.Input:
@@ -42,18 +51,19 @@ def _input(spec: NodeInput, fn: EditFunction) -> io.Input:
                           step=param.step, round=param.step, tooltip=param.help_en)
 
 
-def _outputs(texts: Any) -> list[io.Output]:
-    """Every node of the pack outputs (IMAGE images, STRING report), named and described by docs."""
-    (images_out, images_tip, *_), (report_out, report_tip, *_) = texts
-    return [io.Image.Output(images_out, display_name=images_out, tooltip=images_tip),
-            io.String.Output(report_out, display_name=report_out, tooltip=report_tip)]
+def _outputs(ports: tuple[texts.Port, ...]) -> list[io.Output]:
+    """Every node of the pack outputs (IMAGE images, STRING report), named and described by texts."""
+    images, report = ports
+    return [io.Image.Output(images.name, display_name=images.name, tooltip=images.tooltip.en),
+            io.String.Output(report.name, display_name=report.name, tooltip=report.tooltip.en)]
 
 
 def schema_for(fn: EditFunction) -> io.Schema:
+    node = texts.edit_node(fn)
     return io.Schema(
-        node_id=fn.node_id, display_name=docs.display_name(fn), category=CATEGORY, description=docs.description(fn),
+        node_id=fn.node_id, display_name=node.display_name.en, category=CATEGORY, description=node.description.en,
         inputs=[_input(spec, fn) for spec in node_inputs(fn)],
-        outputs=_outputs(docs.OUTPUTS),
+        outputs=_outputs(node.outputs),
     )
 
 
@@ -80,7 +90,7 @@ def node_class(fn: EditFunction) -> type[io.ComfyNode]:
         @classmethod
         def execute(cls, image: Any, prompt: str, mask: Any = None, style: str = CUSTOM_STYLE,
                     use_cache: bool = True, **values: Any) -> io.NodeOutput:
-            request = edit.prepare(fn, image=image, mask=mask, prompt=prompt, style=style, values=values)
+            request = prepare(fn, image=image, mask=mask, prompt=prompt, style=style, values=values)
             outcome, settings = host.run(request, reuse=use_cache)
             report = json.dumps(outcome.report(currency=settings.currency), ensure_ascii=False, indent=1)
             # The report also goes to the UI, where the front end keeps the session's running cost.
@@ -95,12 +105,13 @@ class WanxFetchTask(io.ComfyNode):
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        texts = docs.FETCH_NODE
+        node = texts.FETCH_NODE
+        (task_id,) = node.inputs
         return io.Schema(
-            node_id=docs.FETCH_NODE_ID, display_name=texts["display_name"][0], category=CATEGORY,
-            description=texts["description"][0],
-            inputs=[io.String.Input("task_id", default="", tooltip=texts["inputs"]["task_id"][2])],
-            outputs=_outputs(texts["outputs"]),
+            node_id=texts.FETCH_NODE_ID, display_name=node.display_name.en, category=CATEGORY,
+            description=node.description.en,
+            inputs=[io.String.Input(task_id.name, default="", tooltip=task_id.tooltip.en)],
+            outputs=_outputs(node.outputs),
         )
 
     @classmethod

@@ -12,12 +12,12 @@ import folder_paths
 from comfy_execution.utils import get_executing_context
 from server import PromptServer
 
-from .core import edit
-from .core.client import DashScopeClient
 from .core.errors import CanceledError
-from .core.quota import shared_quota
-from .core.settings import Settings
+from .core.outcome import EditOutcome, Progress, Recovered
+from .core.request import EditRequest
+from .core.settings import Settings, StateSettings
 from .core.store import Store
+from .core.wiring import Engine, connect
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,8 @@ def settings() -> Settings:
 
 def store(current: Settings | None = None) -> Store:
     """The journal, result cache and budget: in WANX_STATE_DIR, else in ComfyUI's user directory."""
-    return Store.open(default_dir=pack_user_dir(), currency=current.currency if current else "CNY")
+    return Store.open(StateSettings.from_env(default_dir=pack_user_dir(),
+                                             currency=current.currency if current else "CNY"))
 
 
 def newest_unrecovered_task() -> str | None:
@@ -43,34 +44,39 @@ def newest_unrecovered_task() -> str | None:
     return entry.task_id if entry else None
 
 
-def recover(task_id: str | None) -> edit.Recovered:
+def engine() -> Engine:
     current = settings()
+    return connect(current, store=store(current))
+
+
+def recover(task_id: str | None) -> Recovered:
     try:
-        return edit.recover(task_id, client=DashScopeClient(current), store=store(current),
-                            should_cancel=comfy.model_management.processing_interrupted)
+        return engine().recover(task_id, should_cancel=comfy.model_management.processing_interrupted)
     except CanceledError:
         comfy.model_management.throw_exception_if_processing_interrupted()
         raise
 
 
-def run(request: edit.EditRequest, *, reuse: bool) -> tuple[edit.EditOutcome, Settings]:
+PROGRESS_EVENT = "wanx_imageedit.progress"  # structured progress for the front end (web/lib reads it)
+
+
+def run(request: EditRequest, *, reuse: bool) -> tuple[EditOutcome, Settings]:
     """Run an edit for the executing node, with ComfyUI's Cancel, progress bar and status text."""
     context = get_executing_context()
     node_id = context.node_id if context else None
-    current = settings()
-    client = DashScopeClient(current)
-    quota = shared_quota(max_in_flight=client.settings.max_in_flight, submits_per_s=client.settings.submits_per_s)
+    wired = engine()
     bar = comfy.utils.ProgressBar(len(request.items), node_id=node_id)
 
-    def show(progress: edit.Progress) -> None:
+    def show(progress: Progress) -> None:
         bar.update_absolute(progress.finished, progress.total)
         if node_id is not None and PromptServer.instance is not None:
             PromptServer.instance.send_progress_text(progress.text(), node_id)
+            PromptServer.instance.send_sync(PROGRESS_EVENT, {"node": node_id, **progress.to_json(n=request.n)})
 
     try:
-        outcome = edit.run(request, client=client, quota=quota, on_progress=show, store=store(current), reuse=reuse,
-                           should_cancel=comfy.model_management.processing_interrupted)
-        return outcome, current
+        outcome = wired.run(request, reuse=reuse, on_progress=show,
+                            should_cancel=comfy.model_management.processing_interrupted)
+        return outcome, wired.settings
     except CanceledError as exc:
         # Tell the artist which tasks were cancelled and which will still be billed, then let
         # ComfyUI handle it as the interruption it is.

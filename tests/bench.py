@@ -14,7 +14,7 @@ Figures (see the README's Performance section for a full run's table):
    and 5 s pollers, all querying the emulator over HTTP. Lag is measured from the emulator's real
    completion time of the task to the moment the poller has the first answer that says SUCCEEDED.
 2. A batch of 8 images (512^2) with the quota at 2 concurrent tasks and task time T = 10 s, replayed
-   2x faster: wall time of edit.run + images_tensor / 4T, beside the sequential baseline (a quota of
+   2x faster: wall time of runner.run + images_tensor / 4T, beside the sequential baseline (a quota of
    one task in flight).
 3. Payload preparation (tensor -> data URI) at 1024^2, 2048^2 and 4096^2 photo-like images: encode
    time and bytes against a naive baseline (Pillow PNG at default settings + base64), and the
@@ -23,7 +23,7 @@ Figures (see the README's Performance section for a full run's table):
    output tensor's own size (resident memory, see peak_extra_bytes()).
 5. End-to-end overhead of one 1024^2 edit (client time beyond the emulator's task time) against the
    official SDK's ImageSynthesis.call on the same task, in real time (the SDK cannot be scaled), for
-   6 task durations drawn from 5-15 s. Ours is edit.prepare + edit.run + images_tensor with the
+   6 task durations drawn from 5-15 s. Ours is prepare + runner.run + images_tensor with the
    shared quota. Overhead = call time - the task's time on the emulator (submission to completion)
    - the emulator's own time handling the call's requests (validating the uploaded image is ~40 ms
    of every create, for the SDK and us alike); the table shows the raw figure without that last
@@ -60,10 +60,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from wanx_imageedit.nodes.core import edit, images
-from wanx_imageedit.nodes.core import emulator as emulator_module
+from wanx_imageedit.nodes.core import images, png, runner
+from wanx_imageedit.nodes.core.request import EditRequest, prepare
 from wanx_imageedit.nodes.core.client import DashScopeClient
-from wanx_imageedit.nodes.core.emulator import Emulator
+from wanx_imageedit.nodes.emulator import Emulator, Job, LoggedRequest, render_result, validate_job
 from wanx_imageedit.nodes.core.functions import BY_API_NAME, MODEL
 from wanx_imageedit.nodes.core.polling import DEFAULT_POLICY, wait_for_task
 from wanx_imageedit.nodes.core.protocol import TaskStatus
@@ -156,17 +156,15 @@ def settings_for(emulator: Emulator) -> Settings:
 
 
 def task_window(emulator: Emulator, task_id: str) -> tuple[float, float]:
-    """(submit, completion) of a task on the emulator's clock. Reads the emulator's private state:
-    the completion instant is not on the wire at the needed resolution (end_time is in seconds)."""
-    with emulator._lock:
-        emulator._catch_up()
-        task = emulator._tasks[task_id]
-        assert task.started_s is not None, "the task has not started"
-        return task.submit_s, task.started_s + task.running_s
+    """(submit, completion) of a task on the emulator's clock, exact: the completion instant is
+    not on the wire at the needed resolution (end_time is in milliseconds)."""
+    times = emulator.task_times(task_id)
+    assert times.end_s is not None, "the task has not ended"
+    return times.submit_s, times.end_s
 
 
 def emulator_now(emulator: Emulator) -> float:
-    return emulator._now_s()
+    return emulator.now_s()
 
 
 def best_of(repeats: int, fn: Callable[[], object]) -> tuple[float, object]:
@@ -191,33 +189,26 @@ def stratified(count: int, low: float, high: float, *, seed: int) -> list[float]
 class _PrerenderedResults:
     """The real service serves a finished result from OSS; the emulator renders it (Pillow, ~0.3 s
     at 1024^2) on the first download. That is service-side work, not client time, so figures 2 and 5
-    render each result once up front and the emulator then serves the stored file, like OSS."""
+    render each result once up front and the emulator (``Emulator(render=results.render)``) then
+    serves the stored file, like OSS."""
 
     def __init__(self) -> None:
-        self._original = emulator_module.render_result
         self._cache: dict[bytes, bytes] = {}
         self._lock = threading.Lock()
 
-    def __enter__(self) -> _PrerenderedResults:  # noqa: PYI034
-        emulator_module.render_result = self._render
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        emulator_module.render_result = self._original
-
-    def prime(self, request: edit.EditRequest) -> None:
+    def prime(self, request: EditRequest) -> None:
         """Render every result of ``request`` now (the seed is fixed, so tasks of it match)."""
         for item in request.items:
-            job = emulator_module._validate_job(request.body(item), oss_resolve=False)
+            job = validate_job(request.body(item))
             for index in range(job.n):
-                self._render(job, index=index)
+                self.render(job, index=index)
 
-    def _render(self, job: object, *, index: int) -> bytes:
-        key = job.image_key(index)  # type: ignore[attr-defined]
+    def render(self, job: Job, *, index: int) -> bytes:
+        key = job.image_key(index)
         with self._lock:
             cached = self._cache.get(key)
         if cached is None:
-            cached = self._original(job, index=index)
+            cached = render_result(job, index=index)
             with self._lock:
                 self._cache[key] = cached
         return cached
@@ -226,22 +217,18 @@ class _PrerenderedResults:
 class _ServerTime:
     """The emulator's own time spent handling requests (validating and decoding an uploaded image,
     answering a query, serving a result), by the wall clock of this process. That is the service's
-    work, not the client's: figure 5 reports overheads with and without it."""
+    work, not the client's: figure 5 reports overheads with and without it. ``observe`` is the
+    emulator's request observer (``Emulator(on_request=server.observe)``), called as each answer is
+    decided, so the request's handling started ``handling_s`` before the call."""
 
-    def __init__(self, emulator: Emulator) -> None:
+    def __init__(self) -> None:
         self._spans: list[tuple[float, float]] = []
         self._lock = threading.Lock()
-        handle = emulator._handle
 
-        def timed(req: object) -> object:
-            started = time.perf_counter()
-            try:
-                return handle(req)
-            finally:
-                with self._lock:
-                    self._spans.append((started, time.perf_counter() - started))
-
-        emulator._handle = timed  # type: ignore[method-assign]
+    def observe(self, request: LoggedRequest) -> None:
+        started = time.perf_counter() - request.handling_s
+        with self._lock:
+            self._spans.append((started, request.handling_s))
 
     def between(self, start: float, end: float) -> float:
         with self._lock:
@@ -293,8 +280,8 @@ def _poll_ours(client: DashScopeClient, emulator: Emulator, task_id: str, scale:
     def on_state(state: object) -> None:
         seen.append(emulator_now(emulator))
 
-    state = wait_for_task(client, task_id, ticker=Ticker(), timeout_s=600, outage_s=60,
-                          policy=dataclasses.replace(DEFAULT_POLICY, time_scale=scale), on_state=on_state)
+    policy = dataclasses.replace(DEFAULT_POLICY, time_scale=scale, timeout_s=600, outage_s=60)
+    state = wait_for_task(client, task_id, ticker=Ticker(), policy=policy, on_state=on_state)
     assert state.status is TaskStatus.SUCCEEDED, state
     return len(seen), seen[-1]
 
@@ -341,7 +328,7 @@ _SMALL_PNG: list[str] = []
 
 def _small_png_uri() -> str:
     if not _SMALL_PNG:
-        data = images.encode_png(np.full((512, 512, 3), 128, np.uint8))
+        data = png.encode_png(np.full((512, 512, 3), 128, np.uint8))
         _SMALL_PNG.append("data:image/png;base64," + base64.b64encode(data).decode("ascii"))
     return _SMALL_PNG[0]
 
@@ -393,18 +380,19 @@ def figure_2(cfg: Config) -> Row:
     task_s = cfg.batch_task_s * scale  # T on the real clock: pending + running
     pending_s = 0.05 * scale
     batch = torch.stack([photo(cfg.batch_side_px, seed=10 + i) for i in range(8)])
-    request = edit.prepare(FUNCTION, image=batch, mask=None, prompt=PROMPT, values={"seed": SEED})
+    request = prepare(FUNCTION, image=batch, mask=None, prompt=PROMPT, values={"seed": SEED})
     policy = dataclasses.replace(DEFAULT_POLICY, time_scale=scale)
 
     def wall_over_ideal(quota: Quota) -> float:
         # The service's status-query limit (20 per second) is scaled with the clock like everything else
         # that is per second; the submission quota is not, but at T > 1.05 s it never binds here.
+        results = _PrerenderedResults()
         with Emulator(api_keys=(KEY,), pending_s=pending_s, running_s=(task_s - pending_s,) * 2,
-                      task_api_qps=math.ceil(20 / scale)) as emulator, _PrerenderedResults() as results:
+                      task_api_qps=math.ceil(20 / scale), render=results.render) as emulator:
             results.prime(request)
             client = DashScopeClient(settings_for(emulator))
             started = time.perf_counter()
-            outcome = edit.run(request, client=client, quota=quota, policy=policy)
+            outcome = runner.run(request, client=client, quota=quota, policy=policy)
             tensor = outcome.images_tensor()
             wall_s = time.perf_counter() - started
             assert tensor.shape[0] == 8, tensor.shape
@@ -446,7 +434,7 @@ def figure_3(cfg: Config) -> Row:
         encoded: images.Encoded | None = None
         naive_bytes = 0
         for _ in range(repeats):  # alternate, so a busy moment on the machine hits both alike
-            elapsed, encoded = best_of(1, lambda image=image: images.encode_image(image))
+            elapsed, encoded = best_of(1, lambda image=image: images.encode_image(images.check_image(image)))
             ours_s = min(ours_s, elapsed)
             elapsed, (_, naive_bytes) = best_of(1, lambda image=image: naive_encode(image))
             naive_s = min(naive_s, elapsed)
@@ -624,11 +612,11 @@ def figure_5(cfg: Config) -> Row:
     quota = shared_quota(max_in_flight=2, submits_per_s=2)
     saved = (dashscope.base_http_api_url, dashscope.api_key)
     try:
-        with Emulator(api_keys=(KEY,)) as emulator, _PrerenderedResults() as results:
-            server = _ServerTime(emulator)
+        results, server = _PrerenderedResults(), _ServerTime()
+        with Emulator(api_keys=(KEY,), render=results.render, on_request=server.observe) as emulator:
             dashscope.base_http_api_url, dashscope.api_key = emulator.base_url, KEY
             client = DashScopeClient(settings_for(emulator))
-            reference = edit.prepare(FUNCTION, image=image, mask=None, prompt=PROMPT, values={"seed": SEED})
+            reference = prepare(FUNCTION, image=image, mask=None, prompt=PROMPT, values={"seed": SEED})
             results.prime(reference)
             body = reference.body(reference.items[0])
 
@@ -652,9 +640,9 @@ def figure_5(cfg: Config) -> Row:
             def run_ours(duration_s: float) -> tuple[E2ERun, str]:
                 emulator.next_task_outcomes(f"running_s:{duration_s}")
                 started = time.perf_counter()
-                request = edit.prepare(FUNCTION, image=image, mask=None, prompt=PROMPT, values={"seed": SEED})
+                request = prepare(FUNCTION, image=image, mask=None, prompt=PROMPT, values={"seed": SEED})
                 prepared = time.perf_counter()
-                outcome = edit.run(request, client=client, quota=quota)
+                outcome = runner.run(request, client=client, quota=quota)
                 ran = time.perf_counter()
                 tensor = outcome.images_tensor()
                 ended = time.perf_counter()

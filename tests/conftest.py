@@ -15,7 +15,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from wanx_imageedit.nodes.core.client import DashScopeClient, Timeouts  # noqa: E402
-from wanx_imageedit.nodes.core.emulator import Emulator  # noqa: E402
+from wanx_imageedit.nodes.emulator import Emulator  # noqa: E402
 from wanx_imageedit.nodes.core.polling import PollPolicy  # noqa: E402
 from wanx_imageedit.nodes.core.quota import Quota  # noqa: E402
 from wanx_imageedit.nodes.core.settings import Settings  # noqa: E402

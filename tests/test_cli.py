@@ -9,7 +9,7 @@ import pytest
 from conftest import TEST_KEY, photo
 from PIL import Image
 
-from wanx_imageedit.nodes.core import cli
+from wanx_imageedit.nodes import cli
 
 
 @pytest.fixture

@@ -11,23 +11,24 @@ import pytest
 import requests
 from conftest import FAST_POLL, TEST_KEY, box_mask, photo, settings_for
 
-from wanx_imageedit.nodes.core import edit, images
+from wanx_imageedit.nodes.core import images, runner
+from wanx_imageedit.nodes.core.outcome import EditOutcome, Progress
+from wanx_imageedit.nodes.core.request import EditRequest, prepare
 from wanx_imageedit.nodes.core.client import DashScopeClient
-from wanx_imageedit.nodes.core.emulator import Emulator
+from wanx_imageedit.nodes.emulator import Emulator
 from wanx_imageedit.nodes.core.errors import CanceledError, InputError, TaskFailedError
 from wanx_imageedit.nodes.core.functions import FUNCTIONS, ImageSize, lookup
 from wanx_imageedit.nodes.core.quota import Quota
-from wanx_imageedit.nodes.core.samples import EXAMPLES
 
 
-def run(request: edit.EditRequest, client: DashScopeClient, quota: Quota, **kwargs: object) -> edit.EditOutcome:
-    return edit.run(request, client=client, quota=quota, policy=FAST_POLL, **kwargs)
+def run(request: EditRequest, client: DashScopeClient, quota: Quota, **kwargs: object) -> EditOutcome:
+    return runner.run(request, client=client, quota=quota, policy=FAST_POLL, **kwargs)
 
 
 @pytest.mark.parametrize("fn", FUNCTIONS, ids=lambda fn: fn.api_name)
 def test_every_function_returns_exactly_the_images_the_service_made(fn, emulator, client, quota) -> None:
-    example = EXAMPLES[fn.api_name]
-    request = edit.prepare(fn, image=photo(), mask=box_mask() if fn.needs_mask else None,
+    example = fn.example
+    request = prepare(fn, image=photo(), mask=box_mask() if fn.needs_mask else None,
                            prompt=example.prompt, style=example.style, values={**example.values, "n": 2, "seed": 11})
     outcome = run(request, client, quota)
     tensor = outcome.images_tensor()
@@ -58,7 +59,7 @@ def test_a_batch_of_four_runs_concurrently_within_two_tasks_in_flight(quota) -> 
 
     watcher = threading.Thread(target=watch)
     watcher.start()
-    request = edit.prepare(lookup("colorization"), image=photo(batch=4), mask=None, prompt="")
+    request = prepare(lookup("colorization"), image=photo(batch=4), mask=None, prompt="")
     started = time.monotonic()
     try:
         outcome = run(request, client, quota)
@@ -75,7 +76,7 @@ def test_a_batch_of_four_runs_concurrently_within_two_tasks_in_flight(quota) -> 
 
 def test_one_failed_image_keeps_the_other_paid_results(emulator, client, quota) -> None:
     emulator.next_task_outcomes("ok", "fail:DataInspectionFailed", "ok", "ok")
-    request = edit.prepare(lookup("colorization"), image=photo(batch=4), mask=None, prompt="")
+    request = prepare(lookup("colorization"), image=photo(batch=4), mask=None, prompt="")
     outcome = run(request, client, quota)
     assert outcome.images_tensor().shape[0] == 3
     failed = [item for item in outcome.items if item.error is not None]
@@ -85,7 +86,7 @@ def test_one_failed_image_keeps_the_other_paid_results(emulator, client, quota) 
 
 def test_partial_task_returns_successes_with_a_per_image_report(emulator, client, quota) -> None:
     emulator.next_task_outcomes("partial")
-    request = edit.prepare(lookup("expand"), image=photo(), mask=None, prompt="p", values={"n": 3})
+    request = prepare(lookup("expand"), image=photo(), mask=None, prompt="p", values={"n": 3})
     outcome = run(request, client, quota)
     assert outcome.images_tensor().shape[0] == 1 and outcome.image_count == 1
     assert [f["code"] for f in outcome.items[0].failures] == ["InternalError.Timeout"] * 2
@@ -93,7 +94,7 @@ def test_partial_task_returns_successes_with_a_per_image_report(emulator, client
 
 def test_a_failed_task_is_an_error_with_code_and_task_id(emulator, client, quota) -> None:
     emulator.next_task_outcomes("fail:InternalError.Algo")
-    request = edit.prepare(lookup("doodle"), image=photo(), mask=None, prompt="p")
+    request = prepare(lookup("doodle"), image=photo(), mask=None, prompt="p")
     with pytest.raises(TaskFailedError) as caught:
         run(request, client, quota)
     task_id = emulator.task_ids[0]
@@ -103,7 +104,7 @@ def test_a_failed_task_is_an_error_with_code_and_task_id(emulator, client, quota
 
 def test_unknown_task_explains_expiry_and_account(emulator, client, quota) -> None:
     emulator.next_task_outcomes("unknown")
-    request = edit.prepare(lookup("doodle"), image=photo(), mask=None, prompt="p")
+    request = prepare(lookup("doodle"), image=photo(), mask=None, prompt="p")
     with pytest.raises(TaskFailedError, match="24 hours") as caught:
         run(request, client, quota)
     assert caught.value.code == "UNKNOWN" and emulator.created_count == 1
@@ -112,7 +113,7 @@ def test_unknown_task_explains_expiry_and_account(emulator, client, quota) -> No
 def test_results_of_a_resized_input_come_back_at_the_sent_size(emulator, client, quota) -> None:
     """A 300x200 input is sent as 768x512 (uniform scale up to the 512 px minimum); results come
     back at the function's rule applied to the sent size, never stretched back."""
-    request = edit.prepare(lookup("super_resolution"), image=photo(width_px=300, height_px=200), mask=None,
+    request = prepare(lookup("super_resolution"), image=photo(width_px=300, height_px=200), mask=None,
                            prompt="", values={"upscale_factor": 2})
     assert request.items[0].image.sent_size == ImageSize(768, 512)
     outcome = run(request, client, quota)
@@ -121,7 +122,7 @@ def test_results_of_a_resized_input_come_back_at_the_sent_size(emulator, client,
 
 
 def test_mask_travels_through_the_same_resize_as_its_image(emulator, client, quota) -> None:
-    request = edit.prepare(lookup("description_edit_with_mask"), image=photo(width_px=400, height_px=300),
+    request = prepare(lookup("description_edit_with_mask"), image=photo(width_px=400, height_px=300),
                            mask=box_mask(width_px=400, height_px=300), prompt="")
     item = request.items[0]
     assert item.mask is not None and item.mask.sent_size == item.image.sent_size
@@ -132,11 +133,11 @@ def test_mask_travels_through_the_same_resize_as_its_image(emulator, client, quo
 
 def test_bad_input_is_refused_before_anything_is_sent(emulator, client, quota) -> None:
     with pytest.raises(InputError, match="needs a mask"):
-        edit.prepare(lookup("description_edit_with_mask"), image=photo(), mask=None, prompt="")
+        prepare(lookup("description_edit_with_mask"), image=photo(), mask=None, prompt="")
     with pytest.raises(InputError, match="no white"):
-        edit.prepare(lookup("description_edit_with_mask"), image=photo(), mask=box_mask() * 0, prompt="")
+        prepare(lookup("description_edit_with_mask"), image=photo(), mask=box_mask() * 0, prompt="")
     with pytest.raises(InputError, match="does not take strength"):
-        edit.prepare(lookup("expand"), image=photo(), mask=None, prompt="p", values={"strength": 0.4})
+        prepare(lookup("expand"), image=photo(), mask=None, prompt="p", values={"strength": 0.4})
     assert emulator.requests == []
 
 
@@ -145,7 +146,7 @@ def test_cancel_stops_within_a_second_and_cancels_the_pending_task(emulator, quo
     emulator.next_task_outcomes("running_s:30", "running_s:30")
     blockers = [_submit_raw(emulator) for _ in range(2)]  # occupy both running slots
     time.sleep(1.1)  # the account's submission window is shared with that other process
-    request = edit.prepare(lookup("colorization"), image=photo(), mask=None, prompt="")
+    request = prepare(lookup("colorization"), image=photo(), mask=None, prompt="")
     cancel_at = time.monotonic() + 0.5
     with pytest.raises(CanceledError, match="was pending and is canceled") as caught:
         run(request, client, quota, should_cancel=lambda: time.monotonic() > cancel_at)
@@ -158,7 +159,7 @@ def test_cancel_stops_within_a_second_and_cancels_the_pending_task(emulator, quo
 def test_cancel_of_a_running_task_names_it_as_billed(emulator, quota) -> None:
     client = DashScopeClient(settings_for(emulator))
     emulator.next_task_outcomes("running_s:30")
-    request = edit.prepare(lookup("colorization"), image=photo(), mask=None, prompt="")
+    request = prepare(lookup("colorization"), image=photo(), mask=None, prompt="")
     cancel_at = time.monotonic() + 0.6
     with pytest.raises(CanceledError, match="already running and will be billed") as caught:
         run(request, client, quota, should_cancel=lambda: time.monotonic() > cancel_at)
@@ -167,8 +168,8 @@ def test_cancel_of_a_running_task_names_it_as_billed(emulator, quota) -> None:
 
 
 def test_progress_reports_states_task_ids_and_elapsed_time(emulator, client, quota) -> None:
-    seen: list[edit.Progress] = []
-    request = edit.prepare(lookup("colorization"), image=photo(batch=2), mask=None, prompt="")
+    seen: list[Progress] = []
+    request = prepare(lookup("colorization"), image=photo(batch=2), mask=None, prompt="")
     run(request, client, quota, on_progress=seen.append)
     assert seen[-1].finished == 2 and seen[-1].states == ("done", "done")
     assert any(s == "RUNNING" for p in seen for s in p.states)
@@ -178,7 +179,7 @@ def test_progress_reports_states_task_ids_and_elapsed_time(emulator, client, quo
 
 def _submit_raw(emulator) -> str:
     """Create a task behind the client's back (another process of the same account)."""
-    request = edit.prepare(lookup("colorization"), image=photo(seed=9), mask=None, prompt="")
+    request = prepare(lookup("colorization"), image=photo(seed=9), mask=None, prompt="")
     time.sleep(0.55)  # stay inside the emulator's two-per-second submission limit
     response = requests.post(
         emulator.base_url + "/services/aigc/image2image/image-synthesis", json=request.body(request.items[0]),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from wanx_imageedit.nodes.core import functions as f
+from wanx_imageedit.nodes.core.request import check_mask_rule
 from wanx_imageedit.nodes.core.errors import InputError
 
 # Parameters each function takes, written out independently of the table (spec section 4.3).
@@ -88,11 +89,11 @@ def test_defaults_are_sent_explicitly() -> None:
 
 
 def test_mask_is_required_for_inpainting_and_refused_elsewhere() -> None:
+    # The rule is checked once, when the request is prepared; build_body only assembles trusted values.
     with pytest.raises(InputError, match="needs a mask"):
-        f.build_body(f.lookup("description_edit_with_mask"), prompt="", base_image_url="x", mask_image_url=None,
-                     parameters={})
+        check_mask_rule(f.lookup("description_edit_with_mask"), has_mask=False)
     with pytest.raises(InputError, match="takes no mask"):
-        f.build_body(f.lookup("expand"), prompt="p", base_image_url="x", mask_image_url="m", parameters={})
+        check_mask_rule(f.lookup("expand"), has_mask=True)
 
 
 def test_global_styles_make_the_documented_prompt() -> None:

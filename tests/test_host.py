@@ -21,10 +21,9 @@ from conftest import TEST_KEY
 from PIL import Image
 
 from wanx_imageedit.nodes.core import images
-from wanx_imageedit.nodes.core.emulator import Emulator
+from wanx_imageedit.nodes.emulator import Emulator
 from wanx_imageedit.nodes.core.functions import FUNCTIONS, node_inputs
 from wanx_imageedit.nodes.core.journal import Journal
-from wanx_imageedit.nodes.core.samples import EXAMPLES
 
 FOUND = find_host()
 pytestmark = pytest.mark.skipif(isinstance(FOUND, str), reason=f"host tests need ComfyUI: {FOUND}")
@@ -58,9 +57,11 @@ def object_info(host: ComfyHost) -> dict:
 
 
 def test_the_pack_imports_cleanly_and_registers_nothing_else(host: ComfyHost, object_info: dict) -> None:
-    log = host.log()
-    assert "IMPORT FAILED" not in log and "Cannot import" not in log, log[-3000:]
-    assert "custom_nodes/wanx_imageedit" in log
+    # Only the pack's own lines: ComfyUI's own nodes may fail to import (no torchaudio), which is not ours.
+    ours_lines = [line for line in host.log().splitlines() if "wanx_imageedit" in line]
+    assert any("custom_nodes/wanx_imageedit" in line for line in ours_lines), host.log()[-3000:]
+    failed = [line for line in ours_lines if "IMPORT FAILED" in line or "Cannot import" in line or "ERROR" in line]
+    assert failed == [], host.log()[-3000:]
     ours = sorted(name for name in object_info if object_info[name].get("python_module") == "custom_nodes.wanx_imageedit")
     assert ours == sorted([fn.node_id for fn in FUNCTIONS] + ["WanxImageEdit_FetchTask"])
     assert requests.get(host.url + "/extensions", timeout=10).status_code == 200
@@ -107,7 +108,7 @@ def test_each_function_workflow_saves_exactly_what_the_service_returned(fn, host
     create = [r for r in emulator.requests if r.route == "create" and r.status == 200][-1]
     assert create.body["input"]["function"] == fn.api_name
     params = create.body["parameters"]
-    for name, value in EXAMPLES[fn.api_name].values.items():
+    for name, value in fn.example.values.items():
         assert params[name] == value
     assert params["seed"] == 20251125 and params["n"] == 1
     saved = _saved(host, entry)
@@ -221,10 +222,11 @@ def test_killing_comfyui_mid_task_loses_no_paid_image(emulator, tmp_path_factory
     try:
         emulator.next_task_outcomes("running_s:5")
         before = len(emulator.task_ids)
-        host.queue(_batch_prompt(amount=1, seed=4242))
-        journal = Journal(host.workdir / "user" / "wanx_imageedit" / "journal.json")
+        prompt = _batch_prompt(amount=1, seed=4242)
+        host.queue(prompt)
+        journal = Journal(host.workdir / "user" / "wanx_imageedit" / "state.db")
         deadline = time.monotonic() + 30
-        while not (journal.path.is_file() and journal.entries()):
+        while not (journal.path.is_file() and journal.entries() and journal.entries()[-1].task_id):
             assert time.monotonic() < deadline, host.log()[-2000:]
             time.sleep(0.05)
         task_id = journal.entries()[-1].task_id
@@ -233,15 +235,19 @@ def test_killing_comfyui_mid_task_loses_no_paid_image(emulator, tmp_path_factory
         host.process.wait()
         created = emulator.created_count
         host.start()  # the same user directory, so the same journal
-        fetch = {"1": {"class_type": "WanxImageEdit_FetchTask", "inputs": {"task_id": ""}},
-                 "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "wanx/recovered"}}}
-        entry = _run(host, fetch)
-        (saved,) = _saved(host, entry)
+        # What almost every user does after a crash: queue the same graph again. It attaches to the
+        # task the dead process paid for, and creates nothing.
+        (saved,) = _saved(host, _run(host, prompt))
         task = requests.get(f"{emulator.base_url}/tasks/{task_id}", timeout=5,
                             headers={"Authorization": f"Bearer {TEST_KEY}"}).json()
         served = images.decode_image(requests.get(task["output"]["results"][0]["url"], timeout=5).content)
         assert np.array_equal(saved, served)
-        assert emulator.created_count == created  # recovered, not paid again
-        assert journal.entries()[-1].results is not None
+        assert emulator.created_count == created  # delivered, not paid again
+        assert journal.find(task_id).recovered
+        # The Fetch node still recovers it by id, for free.
+        fetch = {"1": {"class_type": "WanxImageEdit_FetchTask", "inputs": {"task_id": task_id}},
+                 "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "wanx/recovered"}}}
+        (fetched,) = _saved(host, _run(host, fetch))
+        assert np.array_equal(fetched, served) and emulator.created_count == created
     finally:
         host.stop()

@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 from conftest import FAST_POLL, TEST_KEY, photo
 
-from wanx_imageedit.nodes.core import cli, edit
+from wanx_imageedit.nodes import cli
+from wanx_imageedit.nodes.core import runner
+from wanx_imageedit.nodes.core.request import prepare
 from wanx_imageedit.nodes.core.errors import WanxError
 from wanx_imageedit.nodes.core.functions import lookup
 
@@ -16,13 +18,14 @@ from wanx_imageedit.nodes.core.functions import lookup
 def test_the_key_leaks_nowhere(emulator, client, quota, caplog, tmp_path: Path, capsys, monkeypatch) -> None:
     caplog.set_level(logging.DEBUG)  # includes urllib3's request lines
     texts = [repr(client), repr(client.settings), str(client.settings)]
-    request = edit.prepare(lookup("colorization"), image=photo(), mask=None, prompt="")
-    outcome = edit.run(request, client=client, quota=quota, policy=FAST_POLL)
+    request = prepare(lookup("colorization"), image=photo(), mask=None, prompt="")
+    outcome = runner.run(request, client=client, quota=quota, policy=FAST_POLL)
     texts.append(str(outcome.report()))
+    emulator.inject("list", "http503+always")  # so a lost create answer cannot be reconciled: an error
     for fault in ("invalid_key", "drop_after"):
         emulator.inject("create", fault)
         with pytest.raises(WanxError) as caught:  # noqa: PT012
-            edit.run(request, client=client, quota=quota, policy=FAST_POLL)
+            runner.run(request, client=client, quota=quota, policy=FAST_POLL)
         texts += [str(caught.value), repr(caught.value)]
     monkeypatch.setenv("DASHSCOPE_API_KEY", TEST_KEY)
     monkeypatch.setenv("DASHSCOPE_HTTP_BASE_URL", emulator.base_url)

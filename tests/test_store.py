@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -18,7 +19,8 @@ from conftest import FAST_POLL, TEST_KEY, photo
 from pack_import import REPO_ROOT
 from PIL import Image
 
-from wanx_imageedit.nodes.core import edit, images
+from wanx_imageedit.nodes.core import images, runner
+from wanx_imageedit.nodes.core.request import EditRequest, prepare
 from wanx_imageedit.nodes.core.cache import ResultCache
 from wanx_imageedit.nodes.core.errors import TaskFailedError
 from wanx_imageedit.nodes.core.functions import lookup
@@ -29,7 +31,7 @@ BOOT = f"import sys; sys.path.insert(0, {str(REPO_ROOT / 'tests')!r}); import pa
 
 
 def cli(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
-    code = BOOT + f"from wanx_imageedit.nodes.core.cli import main; sys.exit(main({args!r}))"
+    code = BOOT + f"from wanx_imageedit.nodes.cli import main; sys.exit(main({args!r}))"
     return subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
 
@@ -53,20 +55,20 @@ def store_in(folder: Path, **env: str) -> Store:
     return Store.open(default_dir=folder, environ=env)
 
 
-def colorize(seed: int | None = 3, *, n: int = 1) -> edit.EditRequest:
+def colorize(seed: int | None = 3, *, n: int = 1) -> EditRequest:
     values = {"n": n} if seed is None else {"n": n, "seed": seed}
-    return edit.prepare(lookup("colorization"), image=photo(), mask=None, prompt="", values=values)
+    return prepare(lookup("colorization"), image=photo(), mask=None, prompt="", values=values)
 
 
 # --- journal ------------------------------------------------------------------------------------
 
 def test_every_accepted_task_is_journaled_with_its_end(emulator, client, quota, tmp_path: Path) -> None:
     store = store_in(tmp_path)
-    outcome = edit.run(colorize(), client=client, quota=quota, policy=FAST_POLL, store=store)
+    outcome = runner.run(colorize(), client=client, quota=quota, policy=FAST_POLL, store=store)
     (entry,) = store.journal.entries()
     assert entry.task_id == outcome.items[0].task_id and entry.function == "colorization"
     assert (entry.status, entry.image_count) == ("SUCCEEDED", 1) and entry.results.startswith("cache:")
-    text = store.journal.path.read_text(encoding="utf-8")
+    text = b"".join(path.read_bytes() for path in tmp_path.glob("state.db*")).decode("latin-1")
     assert TEST_KEY not in text and "base64" not in text
 
 
@@ -102,9 +104,9 @@ def test_a_process_killed_mid_poll_loses_nothing_and_pays_once(emulator, cli_env
     emulator.next_task_outcomes("running_s:4")
     first = cli(["edit", "colorization", "--image", str(input_png), "--seed", "5", "--out", str(tmp_path / "a")],
                 cli_env)
-    journal = Journal(Path(cli_env["WANX_STATE_DIR"]) / "journal.json")
+    journal = Journal(Path(cli_env["WANX_STATE_DIR"]) / "state.db")
     deadline = time.monotonic() + 20
-    while not (journal.path.is_file() and journal.entries()):
+    while not (journal.path.is_file() and journal.entries() and journal.entries()[0].task_id):
         assert time.monotonic() < deadline and first.poll() is None, first.communicate()
         time.sleep(0.05)
     task_id = journal.entries()[0].task_id
@@ -126,18 +128,18 @@ def test_a_process_killed_mid_poll_loses_nothing_and_pays_once(emulator, cli_env
 
 def test_recovering_an_expired_task_says_so(emulator, client, quota, tmp_path: Path) -> None:
     store = store_in(tmp_path)
-    outcome = edit.run(colorize(seed=None), client=client, quota=quota, policy=FAST_POLL, store=store)
+    outcome = runner.run(colorize(seed=None), client=client, quota=quota, policy=FAST_POLL, store=store)
     emulator.advance(25 * 3600)
     with pytest.raises(TaskFailedError, match="no longer has task") as caught:
-        edit.recover(outcome.items[0].task_id, client=client, store=store)
+        runner.recover(outcome.items[0].task_id, client=client, store=store)
     assert caught.value.code == "UNKNOWN" and "24 hours" in str(caught.value)
 
 
 def test_recovering_a_cached_task_sends_nothing(emulator, client, quota, tmp_path: Path) -> None:
     store = store_in(tmp_path)
-    outcome = edit.run(colorize(), client=client, quota=quota, policy=FAST_POLL, store=store)
+    outcome = runner.run(colorize(), client=client, quota=quota, policy=FAST_POLL, store=store)
     before = len(emulator.requests)
-    recovered = edit.recover(outcome.items[0].task_id, client=client, store=store)
+    recovered = runner.recover(outcome.items[0].task_id, client=client, store=store)
     assert recovered.source == "cache" and len(emulator.requests) == before
     assert np.array_equal(recovered.images[0], outcome.items[0].images[0])
 
@@ -146,23 +148,23 @@ def test_recovering_a_cached_task_sends_nothing(emulator, client, quota, tmp_pat
 
 def test_a_cache_hit_sends_nothing_and_a_forced_run_sends_exactly_one(emulator, client, quota, tmp_path) -> None:
     store = store_in(tmp_path)
-    first = edit.run(colorize(), client=client, quota=quota, policy=FAST_POLL, store=store)
+    first = runner.run(colorize(), client=client, quota=quota, policy=FAST_POLL, store=store)
     before = len(emulator.requests)
-    again = edit.run(colorize(), client=client, quota=quota, policy=FAST_POLL, store=store)
+    again = runner.run(colorize(), client=client, quota=quota, policy=FAST_POLL, store=store)
     assert len(emulator.requests) == before and again.items[0].cached and again.image_count == 0
     assert np.array_equal(again.images_tensor().numpy(), first.images_tensor().numpy())
-    edit.run(colorize(), client=client, quota=quota, policy=FAST_POLL, store=store, reuse=False)
+    runner.run(colorize(), client=client, quota=quota, policy=FAST_POLL, store=store, reuse=False)
     assert sum(1 for r in emulator.requests[before:] if r.route == "create") == 1
 
 
 def test_anything_that_changes_the_edit_misses_the_cache(emulator, client, quota, tmp_path) -> None:
     store = store_in(tmp_path)
-    edit.run(colorize(), client=client, quota=quota, policy=FAST_POLL, store=store)
+    runner.run(colorize(), client=client, quota=quota, policy=FAST_POLL, store=store)
     for request in (colorize(seed=4), colorize(n=2), colorize(seed=None),
-                    edit.prepare(lookup("colorization"), image=photo(seed=1), mask=None, prompt="", values={"seed": 3}),
-                    edit.prepare(lookup("colorization"), image=photo(), mask=None, prompt="red", values={"seed": 3})):
+                    prepare(lookup("colorization"), image=photo(seed=1), mask=None, prompt="", values={"seed": 3}),
+                    prepare(lookup("colorization"), image=photo(), mask=None, prompt="red", values={"seed": 3})):
         before = emulator.created_count
-        edit.run(request, client=client, quota=quota, policy=FAST_POLL, store=store)
+        runner.run(request, client=client, quota=quota, policy=FAST_POLL, store=store)
         assert emulator.created_count == before + 1
 
 
@@ -195,14 +197,14 @@ def test_the_cache_can_be_turned_off(tmp_path: Path) -> None:
 
 def test_a_budget_refusal_sends_nothing(emulator, client, quota, tmp_path: Path) -> None:
     store = store_in(tmp_path, WANX_DAILY_IMAGE_LIMIT="3")
-    edit.run(colorize(n=2), client=client, quota=quota, policy=FAST_POLL, store=store)
+    runner.run(colorize(n=2), client=client, quota=quota, policy=FAST_POLL, store=store)
     before = len(emulator.requests)
     with pytest.raises(BudgetError, match="2 of today's limit of 3") as caught:
-        edit.run(colorize(seed=8, n=2), client=client, quota=quota, policy=FAST_POLL, store=store)
+        runner.run(colorize(seed=8, n=2), client=client, quota=quota, policy=FAST_POLL, store=store)
     assert len(emulator.requests) == before
     assert "WANX_DAILY_IMAGE_LIMIT" in str(caught.value) and "Nothing was sent" in str(caught.value)
     # an identical edit is served from the cache: nothing to send, so the limit does not apply
-    assert edit.run(colorize(n=2), client=client, quota=quota, policy=FAST_POLL, store=store).items[0].cached
+    assert runner.run(colorize(n=2), client=client, quota=quota, policy=FAST_POLL, store=store).items[0].cached
 
 
 def test_a_money_budget_becomes_an_image_limit(tmp_path: Path) -> None:
@@ -213,19 +215,45 @@ def test_a_money_budget_becomes_an_image_limit(tmp_path: Path) -> None:
         store_in(tmp_path, WANX_DAILY_BUDGET="0.1").check_budget(images=1)
 
 
-def test_journal_json_is_plain(tmp_path: Path) -> None:
-    journal = Journal(tmp_path / "j.json")
+def test_the_journal_is_plain_sqlite_shared_in_wal_mode(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "state.db")
     journal.record_submitted(Entry(task_id="t", function="expand", digest="d", submitted_at=time.time(), n=2))
     journal.update("t", status="SUCCEEDED", image_count=2)
-    data = json.loads((tmp_path / "j.json").read_text())
-    assert data["tasks"][0]["image_count"] == 2 and data["version"] == 1
+    with sqlite3.connect(tmp_path / "state.db") as db:  # any SQLite tool can read it
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert db.execute("SELECT status, image_count FROM tasks WHERE task_id = 't'").fetchone() == ("SUCCEEDED", 2)
+        assert db.execute("SELECT value FROM meta WHERE key = 'journal_schema'").fetchone()[0] == "2"
+
+
+def test_the_old_json_journal_is_imported_once(tmp_path: Path) -> None:
+    now = time.time()
+    (tmp_path / "journal.json").write_text(json.dumps({"version": 1, "tasks": [
+        {"task_id": "done", "function": "expand", "digest": "d1", "submitted_at": now - 60, "n": 1,
+         "status": "SUCCEEDED", "image_count": 1, "results": "cache:d1"},
+        {"task_id": "running", "function": "expand", "digest": "d2", "submitted_at": now - 30, "n": 2,
+         "status": "RUNNING"}]}))
+    journal = Journal(tmp_path / "state.db")
+    assert [e.task_id for e in journal.entries()] == ["done", "running"]
+    assert journal.newest_unrecovered().task_id == "running" and journal.images_since(now - 3600) == 3
+    assert not (tmp_path / "journal.json").exists() and (tmp_path / "journal.json.imported").is_file()
+    assert len(Journal(tmp_path / "state.db").entries()) == 2  # a second open imports nothing again
+
+
+def test_a_damaged_database_is_set_aside_and_a_new_one_works(tmp_path: Path, caplog) -> None:
+    (tmp_path / "state.db").write_bytes(b"this is not a database" * 100)
+    journal = Journal(tmp_path / "state.db")
+    journal.record_submitted(Entry(task_id="t", function="expand", digest="d", submitted_at=time.time(), n=1))
+    assert [e.task_id for e in journal.entries()] == ["t"]
+    (aside,) = tmp_path.glob("state.db.damaged-*")
+    assert aside.read_bytes().startswith(b"this is not a database")
+    assert any("damaged" in r.message and r.levelname == "ERROR" for r in caplog.records)
 
 
 def test_a_damaged_cache_entry_is_recovered_from_the_service(emulator, client, quota, tmp_path: Path) -> None:
     store = store_in(tmp_path)
-    outcome = edit.run(colorize(), client=client, quota=quota, policy=FAST_POLL, store=store)
+    outcome = runner.run(colorize(), client=client, quota=quota, policy=FAST_POLL, store=store)
     (stored,) = (tmp_path / "cache").glob("*/*/0.png")
     stored.write_bytes(b"not a png any more")
-    recovered = edit.recover(outcome.items[0].task_id, client=client, store=store)
+    recovered = runner.recover(outcome.items[0].task_id, client=client, store=store)
     assert recovered.source == "service" and emulator.created_count == 1
     assert np.array_equal(recovered.images[0], outcome.items[0].images[0])

@@ -21,13 +21,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .functions import MODEL
+
 DEFAULT_MAX_BYTES = 2 * 1024**3
 
 
 def digest(*, function: str, prompt: str, parameters: Mapping[str, object], image_sha256: str,
            mask_sha256: str | None) -> str:
     """The identity of one image's edit. Canonical JSON, so key order never matters."""
-    identity = {"model": "wanx2.1-imageedit", "function": function, "prompt": prompt,
+    identity = {"model": MODEL, "function": function, "prompt": prompt,
                 "parameters": dict(sorted(parameters.items())), "image": image_sha256, "mask": mask_sha256}
     return hashlib.sha256(json.dumps(identity, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +19,9 @@ from urllib.parse import urlsplit
 import requests
 import urllib3
 
-from .errors import ApiError, DownloadError, ProtocolError, SubmitUncertainError, WanxError
+from .backoff import Backoff
+from .errors import ApiError, DownloadError, ProtocolError, SubmitUncertainError, TransientError, billed_advice
+from .functions import MODEL
 from .protocol import ServiceError, Submitted, TaskState, TaskSummary
 from .quota import Quota
 from .settings import LOOPBACK, Settings
@@ -44,14 +47,12 @@ class Timeouts:
     connect_retry_s: float = 0.5  # first back-off when the connection could not even open
 
 
-RETRYABLE_CREATE_5XX = 2  # create answers of 5xx *with an error body* mean "not accepted"
 CONNECT_RETRIES = 3
 THROTTLE_GIVE_UP_S = 120.0  # the docs say throttling recovers "within about one minute"
 DOWNLOAD_ATTEMPTS = 5
-
-
-class TransientError(ApiError):
-    """A failure that is safe to retry for idempotent calls (query, list, download)."""
+DOWNLOAD_BACKOFF = Backoff(first_s=0.5, cap_s=8.0)
+# Signed result links can answer 403/404 for a moment (OSS propagation, clock skew): a few tries.
+DOWNLOAD_GONE_ATTEMPTS = 3
 
 
 class DashScopeClient:
@@ -84,46 +85,47 @@ class DashScopeClient:
 
     def submit(self, body: Mapping[str, Any], *, ticker: Ticker, quota: Quota) -> Submitted:
         """Create one task, paced by ``quota`` before every attempt. Repeats only attempts the
-        service clearly refused; see the module docstring."""
+        service clearly refused (throttling) or never saw (no connection); any other failure after
+        the request went out is a SubmitUncertainError carrying the send time, for reconciliation."""
         payload = json.dumps(body, ensure_ascii=False).encode("utf-8")
-        headers = {**self._auth(), "Content-Type": "application/json", "X-DashScope-Async": "enable"}
-        connect_failures = server_refusals = 0
+        connect_failures = 0
         throttled_since: float | None = None
         while True:
             quota.before_send(ticker)
+            sent_at_s = time.time()
             try:
-                with requests.Session() as fresh:
-                    fresh.headers["User-Agent"] = USER_AGENT
-                    response = fresh.post(
-                        self._settings.base_url + CREATE_PATH, data=payload, headers=headers,
-                        timeout=(self._timeouts.connect_s, self._timeouts.create_read_s),
-                    )
+                response = self._post_create(payload)
             except requests.RequestException as exc:
                 if not _never_sent(exc):
-                    raise SubmitUncertainError(
-                        f"the create request was sent but no answer came back ({_brief(exc)})"
-                    ) from None
+                    raise SubmitUncertainError(f"the create request was sent but no answer came back ({_brief(exc)})",
+                                               sent_at_s=sent_at_s, slow=isinstance(exc, requests.Timeout)) from None
                 connect_failures += 1
                 if connect_failures > CONNECT_RETRIES:
                     raise ApiError(f"could not connect to {self._base_host} ({_brief(exc)})",
                                    advice="Check the network, proxy settings and DASHSCOPE_HTTP_BASE_URL.") from None
-                ticker.wait(self._timeouts.connect_retry_s * 2 ** (connect_failures - 1))
+                ticker.wait(Backoff(self._timeouts.connect_retry_s, cap_s=8.0).delay_s(connect_failures))
                 continue
             if response.status_code in (200, 201):
                 quota.accepted()
                 try:
                     return Submitted.from_json(response.json())
                 except (ValueError, ProtocolError) as exc:
-                    raise SubmitUncertainError(f"the service accepted the request but its answer is unreadable ({exc})") from None
+                    raise SubmitUncertainError(f"the service accepted the request but its answer is unreadable ({exc})",
+                                               sent_at_s=sent_at_s) from None
             error = ServiceError.from_json(_json_or_none(response))
+            if response.status_code >= 500:
+                # A gateway timeout or a server error can follow a task the service already accepted,
+                # with or without an error body: never resent blindly (the runner reconciles).
+                said = f" ({error.code})" if error else ", with no service answer"
+                raise SubmitUncertainError(f"the create request got HTTP {response.status_code}{said}",
+                                           sent_at_s=sent_at_s, http_status=response.status_code,
+                                           code=error.code if error else None,
+                                           request_id=error.request_id if error else None)
             if error is None:
-                if response.status_code >= 500:
-                    raise SubmitUncertainError(
-                        f"the create request got HTTP {response.status_code} from a gateway, with no service answer"
-                    )
                 raise ApiError(f"the service refused the request with HTTP {response.status_code}",
                                http_status=response.status_code)
-            if response.status_code == 429 and error.code.startswith("Throttling") and error.code != "Throttling.AllocationQuota":
+            if response.status_code == 429 and error.code.startswith("Throttling") \
+                    and error.code != "Throttling.AllocationQuota":
                 now = ticker.now()
                 throttled_since = now if throttled_since is None else throttled_since
                 if now - throttled_since > THROTTLE_GIVE_UP_S:
@@ -131,12 +133,15 @@ class DashScopeClient:
                 log.info("submission throttled (%s); backing off", error.code)
                 quota.throttled(ticker)
                 continue
-            if response.status_code >= 500 and server_refusals < RETRYABLE_CREATE_5XX:
-                server_refusals += 1
-                log.info("create refused with %s (%s); retrying", response.status_code, error.code)
-                ticker.wait(1.0 * server_refusals)
-                continue
             raise _api_error("the service refused the task", error, response.status_code)
+
+    def _post_create(self, payload: bytes) -> requests.Response:
+        # A fresh connection per create: a stale pooled socket must never make a create ambiguous.
+        headers = {**self._auth(), "Content-Type": "application/json", "X-DashScope-Async": "enable"}
+        with requests.Session() as fresh:
+            fresh.headers["User-Agent"] = USER_AGENT
+            return fresh.post(self._settings.base_url + CREATE_PATH, data=payload, headers=headers,
+                              timeout=(self._timeouts.connect_s, self._timeouts.create_read_s))
 
     # --- task API -----------------------------------------------------------------------------
 
@@ -150,7 +155,7 @@ class DashScopeClient:
 
     def list_tasks(self, *, status: str | None = None, page_size: int = 20) -> list[TaskSummary]:
         """GET /tasks for this model over the last 24 h (a free call: also the connection test)."""
-        params = {"model_name": "wanx2.1-imageedit", "page_no": "1", "page_size": str(page_size)}
+        params = {"model_name": MODEL, "page_no": "1", "page_size": str(page_size)}
         if status:
             params["status"] = status
         response = self._get("/tasks", timeout_s=self._timeouts.query_read_s, what="listing tasks", params=params)
@@ -207,13 +212,18 @@ class DashScopeClient:
             raise DownloadError(
                 f"refusing to download a result from an unexpected host {parts.scheme}://{parts.netloc}",
                 task_id=task_id,
-                advice=f"The image is still on the service for 24 hours: {url}",
+                final=True,
+                advice="It was generated and billed, but this pack downloads only from the service's result hosts "
+                f"and your endpoint's host. It stays on the service for 24 hours: {url}",
             )
 
     def download(self, url: str, *, task_id: str, ticker: Ticker, decode: Callable[[bytes], Any]) -> Any:
-        """Fetch one result and decode it, retrying transient failures and undecodable bytes."""
+        """Fetch one result and decode it. Timeouts, resets, 5xx, 429 and undecodable bytes are tried
+        DOWNLOAD_ATTEMPTS times; 403/404/410 (an expired or not yet visible link) DOWNLOAD_GONE_ATTEMPTS
+        times. Raises DownloadError; the image was billed, and `fetch` gets fresh links for it."""
         self.check_result_url(url, task_id=task_id)
-        last: str = ""
+        last = ""
+        gone = 0
         for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
             try:
                 response = self._downloads.get(url, timeout=(self._timeouts.connect_s, self._timeouts.download_read_s))
@@ -221,14 +231,19 @@ class DashScopeClient:
                     return decode(response.content)
                 last = f"HTTP {response.status_code}"
                 if response.status_code in (403, 404, 410):
-                    break  # expired or gone: retrying cannot help
+                    gone += 1
+                    if gone >= DOWNLOAD_GONE_ATTEMPTS:
+                        break
             except requests.RequestException as exc:
                 last = _brief(exc)
-            except WanxError as exc:  # the bytes did not decode; a truncated transfer is worth one more try
+            except DownloadError as exc:  # the bytes did not decode: a truncated transfer is worth another try
+                if exc.final:
+                    raise
                 last = exc.what
-            ticker.wait(min(0.5 * 2 ** (attempt - 1), 8.0))
-        raise DownloadError(f"could not download a result image ({last})", task_id=task_id,
-                            advice=f"It was generated and billed; fetch it within 24 hours from {url}")
+            if attempt < DOWNLOAD_ATTEMPTS:
+                ticker.wait(DOWNLOAD_BACKOFF.delay_s(attempt))
+        raise DownloadError(f"could not download the result image {url} ({last})", task_id=task_id,
+                            advice=billed_advice(task_id))
 
 
 def _same_host(host: str, base_host: str) -> bool:
@@ -239,8 +254,8 @@ def _same_host(host: str, base_host: str) -> bool:
 
 def _never_sent(exc: requests.RequestException) -> bool:
     """True only when the connection never opened, so the service cannot have seen the request."""
-    if isinstance(exc, requests.ConnectTimeout):
-        return True
+    if isinstance(exc, requests.ConnectTimeout | requests.exceptions.ProxyError):
+        return True  # a proxy that refused or failed the tunnel never passed the request on
     if isinstance(exc, requests.ConnectionError):
         reason = exc.args[0] if exc.args else None
         inner = getattr(reason, "reason", reason)

@@ -115,10 +115,20 @@ class ApiError(WanxError):
         super().__init__(what, **kwargs)  # type: ignore[arg-type]
 
 
-class SubmitUncertainError(ApiError):
-    """The create request went out but no answer came back: a paid task may exist.
+class TransientError(ApiError):
+    """A failure that is safe to retry for idempotent calls (query, list, download)."""
 
-    It is never resubmitted automatically, because that could bill the same edit twice."""
+
+class SubmitUncertainError(ApiError):
+    """The create request went out but no clear answer came back: a paid task may exist.
+
+    It is never resent blindly, because that could bill the same edit twice: the runner first asks
+    the task list whether the service took it (``sent_at_s`` is when the request went out)."""
+
+    def __init__(self, what: str, *, sent_at_s: float | None = None, slow: bool = False, **kwargs: object) -> None:
+        self.sent_at_s = sent_at_s
+        self.slow = slow  # no answer in time: the service may still be working on the request
+        super().__init__(what, **kwargs)  # type: ignore[arg-type]
 
     default_advice = (
         "A task may have been created and may be billed. Do not simply queue again: list recent "
@@ -146,10 +156,38 @@ class CanceledError(WanxError):
     """The user interrupted the run. Pending tasks were cancelled on the service."""
 
 
-class DownloadError(WanxError):
-    """A result image could not be fetched or decoded; its URL stays valid for 24 hours."""
+class BudgetError(WanxError):
+    """A submission would cross the daily limit; nothing was sent."""
 
-    default_advice = "The image was generated (and billed); download it from the URL within 24 hours, or retry the fetch."
+
+class SettingsRefused(WanxError):
+    """A change to the stored settings that the settings panel refuses; the message is shown as is."""
+
+    def __init__(self, what: str, *, http_status: int = 400) -> None:
+        self.http_status = http_status
+        super().__init__(what)
+
+
+class Interrupted(Exception):  # noqa: N818 - control flow, not an error the user sees
+    """Raised by Ticker.wait once the user cancels; the runner turns it into CanceledError."""
+
+
+def billed_advice(task_id: str | None) -> str:
+    """What to say about an image that was generated and billed but not handed over."""
+    target = f" {task_id}" if task_id else " TASK_ID"
+    return ("It was generated and billed, and it is not lost: recover it within 24 hours with the Wanx Fetch Task "
+            f"Result node or `wanx-imageedit fetch{target}` (free, never a new task).")
+
+
+class DownloadError(WanxError):
+    """A result image could not be fetched or decoded. It was billed; `fetch` recovers it.
+
+    ``final``: retrying the same bytes cannot help (too large to decode), unlike a truncated transfer."""
+
+    def __init__(self, what: str, *, final: bool = False, **kwargs: object) -> None:
+        self.final = final
+        kwargs.setdefault("advice", billed_advice(kwargs.get("task_id")))  # type: ignore[arg-type]
+        super().__init__(what, **kwargs)  # type: ignore[arg-type]
 
 
 class ProtocolError(WanxError):

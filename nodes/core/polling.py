@@ -18,10 +18,12 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
+import dataclasses
 from dataclasses import dataclass
 
-from .client import DashScopeClient, TransientError
-from .errors import ApiError, TaskTimeoutError
+from .backoff import Backoff
+from .client import DashScopeClient
+from .errors import ApiError, TaskTimeoutError, TransientError
 from .protocol import TaskState, TaskStatus
 from .quota import Quota
 from .ticker import Ticker
@@ -38,9 +40,23 @@ class PollPolicy:
         (20.0, 0.4), (60.0, 0.5), (math.inf, 1.0),
     )
     queued_interval_s: float = 1.0  # a PENDING task cannot finish before it starts running
-    retry_first_s: float = 0.5
+    retry_first_s: float = 0.5  # after a failed status check: 0.5, 1, 2, 4, 5, 5 ... s
     retry_max_s: float = 5.0
     time_scale: float = 1.0  # benchmarks replay the schedule on a faster clock
+    timeout_s: float = 900.0  # the whole wait for one task, queue included (WANX_TASK_TIMEOUT_S)
+    outage_s: float = 600.0  # how long status checks may fail in a row before giving up (WANX_POLL_OUTAGE_S)
+    # An UNKNOWN answer for a task the journal saw accepted is re-checked this long before it is
+    # believed: the service forgets tasks only 24 h after they end, so early UNKNOWNs are glitches.
+    unknown_grace_s: float = 0.0
+
+    def within(self, *, timeout_s: float, outage_s: float, unknown_grace_s: float | None = None) -> PollPolicy:
+        """This schedule with an adapter's limits (from Settings)."""
+        grace_s = self.unknown_grace_s if unknown_grace_s is None else unknown_grace_s
+        return dataclasses.replace(self, timeout_s=timeout_s, outage_s=outage_s, unknown_grace_s=grace_s)
+
+    @property
+    def retry(self) -> Backoff:
+        return Backoff(self.retry_first_s, self.retry_max_s, scale=self.time_scale)
 
     def interval_s(self, *, elapsed_s: float, status: TaskStatus) -> float:
         elapsed_s /= self.time_scale
@@ -50,22 +66,25 @@ class PollPolicy:
         return interval * self.time_scale
 
     def retry_s(self, failures: int) -> float:
-        return min(self.retry_first_s * 2 ** (failures - 1), self.retry_max_s) * self.time_scale
+        """The longest wait after ``failures`` failed checks in a row (the wait itself is jittered)."""
+        return self.retry.base_s(failures)
 
 
 DEFAULT_POLICY = PollPolicy()
 
 
 def wait_for_task(
-    client: DashScopeClient, task_id: str, *, ticker: Ticker, timeout_s: float, outage_s: float,
-    policy: PollPolicy = DEFAULT_POLICY, on_state: Callable[[TaskState], None] = lambda _: None,
-    first_delay_s: float | None = None, quota: Quota | None = None,
+    client: DashScopeClient, task_id: str, *, ticker: Ticker, policy: PollPolicy = DEFAULT_POLICY,
+    on_state: Callable[[TaskState], None] = lambda _: None, first_delay_s: float | None = None,
+    quota: Quota | None = None,
 ) -> TaskState:
     """Poll until the task reaches a terminal status and return that state. Transient failures
-    are retried for up to ``outage_s`` in a row, so a long outage does not lose a paid task."""
+    are retried for up to ``policy.outage_s`` in a row, so a long outage does not lose a paid task;
+    UNKNOWN is re-checked for ``policy.unknown_grace_s`` before it is returned."""
     start = ticker.now()
     status = TaskStatus.PENDING
     failing_since: float | None = None
+    unknown_since: float | None = None
     failures = 0
     delay_s = policy.interval_s(elapsed_s=0.0, status=status) if first_delay_s is None else first_delay_s
     while True:
@@ -78,7 +97,7 @@ def wait_for_task(
         except TransientError as exc:
             failing_since = now if failing_since is None else failing_since
             failures += 1
-            if now - failing_since > outage_s:
+            if now - failing_since > policy.outage_s:
                 raise ApiError(
                     f"lost contact with the service for {now - failing_since:.0f} s while waiting ({exc.what})",
                     task_id=task_id,
@@ -86,14 +105,22 @@ def wait_for_task(
                     f"`wanx-imageedit fetch {task_id}`.",
                 ) from None
             log.info("task %s: status check failed (%s); retrying", task_id, exc.what)
-            delay_s = policy.retry_s(failures)
+            delay_s = policy.retry.delay_s(failures)
             continue
-        failing_since, failures = None, 0
+        failing_since = None
+        if state.status is TaskStatus.UNKNOWN and policy.unknown_grace_s > 0:
+            unknown_since = now if unknown_since is None else unknown_since
+            if now - unknown_since < policy.unknown_grace_s:
+                failures += 1
+                log.warning("task %s: the service answered UNKNOWN for a task it accepted; checking again", task_id)
+                delay_s = policy.retry.delay_s(failures)
+                continue
+        failures, unknown_since = 0, None
         status = state.status
         on_state(state)
         if status.is_terminal:
             return state
         elapsed_s = ticker.now() - start
-        if elapsed_s > timeout_s:
+        if elapsed_s > policy.timeout_s:
             raise TaskTimeoutError(f"the task was still {status.value} after {elapsed_s:.0f} s", task_id=task_id)
         delay_s = policy.interval_s(elapsed_s=elapsed_s, status=status)

@@ -9,24 +9,17 @@ else ~/.wanx-imageedit for the command line. Settings (all optional):
 from __future__ import annotations
 
 import datetime
-import math
-import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from .cache import DEFAULT_MAX_BYTES, ResultCache
-from .errors import WanxError
-from .functions import PRICE_PER_IMAGE
+from .errors import BudgetError
 from .journal import Journal
-from .settings import env_number
+from .settings import StateSettings
 
 DEFAULT_CLI_DIR = Path("~/.wanx-imageedit")
-
-
-class BudgetError(WanxError):
-    """A submission would cross the daily limit; nothing was sent."""
 
 
 @dataclass(frozen=True)
@@ -38,17 +31,18 @@ class Store:
     limit_source: str | None = None
 
     @classmethod
-    def open(cls, *, default_dir: Path, environ: Mapping[str, str] | None = None, currency: str = "CNY") -> Store:
-        env = os.environ if environ is None else environ
-        folder = Path(env.get("WANX_STATE_DIR") or default_dir).expanduser()
+    def open(cls, state: StateSettings | None = None, *, default_dir: Path = DEFAULT_CLI_DIR,
+             environ: Mapping[str, str] | None = None, currency: str = "CNY") -> Store:
+        """The store that ``state`` describes. Without it, the settings are read from ``environ``
+        (default os.environ) here: the older way of calling, kept for its callers."""
+        if state is None:
+            state = StateSettings.from_env(environ, default_dir=default_dir, currency=currency)
         cache = None
-        if env.get("WANX_CACHE", "").strip().lower() not in ("off", "0", "false", "no"):
-            max_mb = env_number(env, "WANX_CACHE_MAX_MB")
-            max_bytes = DEFAULT_MAX_BYTES if max_mb is None else int(max_mb * 1024 * 1024)
-            cache = ResultCache(folder / "cache", max_bytes=max_bytes)
-        limit, source = _daily_limit(env, currency=currency)
-        return cls(folder=folder, journal=Journal(folder / "journal.json"), cache=cache,
-                   daily_image_limit=limit, limit_source=source)
+        if state.cache:
+            max_bytes = DEFAULT_MAX_BYTES if state.cache_max_mb is None else int(state.cache_max_mb * 1024 * 1024)
+            cache = ResultCache(state.folder / "cache", max_bytes=max_bytes)
+        return cls(folder=state.folder, journal=Journal(state.folder / "journal.json"), cache=cache,
+                   daily_image_limit=state.daily_image_limit, limit_source=state.limit_source)
 
     def check_budget(self, *, images: int, now_s: float | None = None) -> None:
         """Refuse, before sending, a submission that would cross the daily limit."""
@@ -64,14 +58,3 @@ class Store:
                 advice="Nothing was sent. Raise or unset WANX_DAILY_IMAGE_LIMIT / WANX_DAILY_BUDGET, or wait until tomorrow.",
             )
 
-
-def _daily_limit(env: Mapping[str, str], *, currency: str) -> tuple[int | None, str | None]:
-    images = env_number(env, "WANX_DAILY_IMAGE_LIMIT")
-    money = env_number(env, "WANX_DAILY_BUDGET")
-    limits = []
-    if images is not None:
-        limits.append((int(images), f"WANX_DAILY_IMAGE_LIMIT={int(images)}"))
-    if money is not None:
-        unit = PRICE_PER_IMAGE[currency]
-        limits.append((math.floor(money / unit + 1e-9), f"WANX_DAILY_BUDGET={money:g} {currency} at {unit} per image"))
-    return min(limits) if limits else (None, None)

@@ -7,9 +7,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from .errors import Interrupted
 
-class Interrupted(Exception):
-    """Raised by Ticker.wait once the user cancels; the runner turns it into CanceledError."""
+__all__ = ["Interrupted", "Ticker"]
 
 
 @dataclass

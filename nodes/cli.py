@@ -1,14 +1,14 @@
 """`wanx-imageedit`: edit images from the command line, run the demo, serve the emulator, and
-list or recover tasks. It runs the same code path as the ComfyUI nodes (edit.prepare/run)."""
+list or recover tasks. It runs the same code path as the ComfyUI nodes (request.prepare, runner.run)."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
 import json
-import time
 import sys
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -16,13 +16,15 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from . import edit, samples
-from .client import DashScopeClient
-from .errors import WanxError
-from .functions import CUSTOM_STYLE, FUNCTIONS, Kind, Param, lookup
-from .quota import Quota, shared_quota
-from .settings import Settings
-from .store import DEFAULT_CLI_DIR, Store
+from .authoring import samples
+from .core.client import DashScopeClient
+from .core.errors import WanxError
+from .core.functions import CUSTOM_STYLE, FUNCTIONS, Kind, Param, lookup
+from .core.outcome import EditOutcome, Progress
+from .core.request import prepare
+from .core.settings import Settings, StateSettings
+from .core.store import DEFAULT_CLI_DIR, Store
+from .core.wiring import Engine, connect
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 EMULATOR_KEY = "sk-emulator-key"
@@ -62,17 +64,15 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="all ten functions on generated samples, against the bundled emulator")
     d.add_argument("--out", type=Path, default=Path("wanx_output/demo"))
 
-    e = sub.add_parser("emulator", help="serve the emulator on loopback until Ctrl-C")
-    e.add_argument("--host", default="127.0.0.1")
-    e.add_argument("--port", type=int, default=8089)
-    e.add_argument("--running-s", type=float, nargs=2, default=(5.0, 15.0), metavar=("MIN", "MAX"))
-    e.add_argument("--api-key", action="append", default=None,
-                   help=f"a key the emulator accepts (repeatable; default {EMULATOR_KEY})")
+    from .emulator.command import add_arguments as add_emulator_arguments  # its options are defined once, there
+
+    e = sub.add_parser("emulator", help="serve the emulator on loopback until Ctrl-C (faults can be queued)")
+    add_emulator_arguments(e)
 
     sub.add_parser("tasks", help="list this account's wanx2.1-imageedit tasks of the last 24 hours (free)")
 
     w = sub.add_parser("make-workflows", help="rewrite the example workflows, thumbnails and sample inputs")
-    w.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[2] / "workflows")
+    w.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "workflows")
 
     f = sub.add_parser("fetch", help="recover the results of a task (kept 24 hours); costs nothing")
     f.add_argument("task_id", nargs="?", help="default: the newest journaled task whose results were never saved")
@@ -88,15 +88,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             return _demo(args.out)
         if args.command == "emulator":
-            from .emulator import serve_forever
+            from .emulator.command import serve
 
-            serve_forever(host=args.host, port=args.port, running_s=tuple(args.running_s),
-                          api_keys=tuple(args.api_key or (EMULATOR_KEY,)))
-            return 0
+            return serve(args)
         if args.command == "tasks":
             return _tasks()
         if args.command == "make-workflows":
-            from .workflows import write_all
+            from .authoring.workflows import write_all
 
             print(f"{len(write_all(args.out))} files written to {args.out}")
             return 0
@@ -120,18 +118,15 @@ def _edit(args: argparse.Namespace) -> int:
         groups.setdefault(tuple(tensor.shape), []).append(path)
     # Validate every group before sending anything: one bad file must not leave others half-paid.
     requests_by_group = [
-        (group, edit.prepare(fn, image=torch.cat([loaded[p] for p in group]), mask=mask, prompt=args.prompt,
+        (group, prepare(fn, image=torch.cat([loaded[p] for p in group]), mask=mask, prompt=args.prompt,
                              style=args.style, values=values))
         for group in groups.values()
     ]
-    with _connection(emulated=args.emulator) as client:
-        # A private emulator dies with this process, so its tasks are not journaled.
-        store = None if args.emulator else _store(client)
+    with _connection(emulated=args.emulator) as engine:
         args.out.mkdir(parents=True, exist_ok=True)
         for group, request in requests_by_group:
-            outcome = edit.run(request, client=client, quota=_quota(client), on_progress=_progress_bar,
-                               store=store, reuse=not args.new_run)
-            _write_outcome(outcome, [p.stem for p in group], args.out, currency=client.settings.currency)
+            outcome = engine.run(request, on_progress=_progress_bar, reuse=not args.new_run)
+            _write_outcome(outcome, [p.stem for p in group], args.out, currency=engine.settings.currency)
     print(f"results in {args.out.resolve()}")
     return 0
 
@@ -159,25 +154,25 @@ def _load_mask(path: Path) -> torch.Tensor:
         return torch.from_numpy(np.asarray(source.convert("L"), dtype=np.float32) / 255.0).unsqueeze(0)
 
 
-def _write_outcome(outcome: edit.EditOutcome, stems: Sequence[str], out: Path, *, currency: str = "CNY") -> list[Path]:
+def _write_outcome(outcome: EditOutcome, stems: Sequence[str], out: Path, *, currency: str = "CNY") -> list[Path]:
     written = []
     for item, stem in zip(outcome.items, stems, strict=True):
         for i, array in enumerate(item.images):
-            path = out / f"{stem}_{outcome.request.fn.api_name}_{i}.png"
+            path = out / f"{stem}_{outcome.function}_{i}.png"
             Image.fromarray(array).save(path)
             written.append(path)
         if item.error is not None:
             print(f"  {stem}: {item.error}", file=sys.stderr)
-    report_path = out / f"{stems[0]}_{outcome.request.fn.api_name}_report.json"
+    report_path = out / f"{stems[0]}_{outcome.function}_report.json"
     report_path.write_text(json.dumps(outcome.report(currency=currency), ensure_ascii=False, indent=2), encoding="utf-8")
     return written
 
 
-def _progress_bar(progress: edit.Progress) -> None:
+def _progress_bar(progress: Progress) -> None:
     width = 24
     filled = width * progress.finished // progress.total
-    active = [f"{state}" + (f" {task_id}" if task_id else "")
-              for state, task_id in zip(progress.states, progress.task_ids, strict=True) if state not in edit.FINAL_STATES]
+    active = [f"{state.value}" + (f" {task_id}" if task_id else "")
+              for state, task_id in zip(progress.states, progress.task_ids, strict=True) if not state.final]
     line = (f"\r[{'#' * filled}{'.' * (width - filled)}] {progress.finished}/{progress.total} "
             f"{progress.elapsed_s:5.1f}s  {'; '.join(active[:2])}")
     print(line[:110].ljust(110), end="\n" if progress.finished == progress.total else "", file=sys.stderr, flush=True)
@@ -187,45 +182,43 @@ def _progress_bar(progress: edit.Progress) -> None:
 
 
 @contextlib.contextmanager
-def _connection(*, emulated: bool, running_s: tuple[float, float] = DEMO_RUNNING_S) -> Iterator[DashScopeClient]:
-    """The real service from the environment's settings, or a private emulator when asked."""
+def _connection(*, emulated: bool, running_s: tuple[float, float] = DEMO_RUNNING_S) -> Iterator[Engine]:
+    """The real service from the environment's settings, or a private emulator when asked. A
+    private emulator dies with this process, so its tasks are not journaled, cached or budgeted."""
     if not emulated:
-        yield DashScopeClient(Settings.from_env())
+        current = Settings.from_env()
+        yield connect(current, store=_store(current))
         return
     from .emulator import Emulator
 
     with Emulator(running_s=running_s) as emulator:
         env = {"DASHSCOPE_API_KEY": EMULATOR_KEY, "DASHSCOPE_HTTP_BASE_URL": emulator.base_url}
         print(f"using the bundled emulator at {emulator.base_url} (results are marked EMULATED)", file=sys.stderr)
-        yield DashScopeClient(Settings.from_env(env, home=Path(tempfile.gettempdir())))
+        yield connect(Settings.from_env(env, home=Path(tempfile.gettempdir())), store=None)
 
 
-def _store(client: DashScopeClient) -> Store:
-    return Store.open(default_dir=DEFAULT_CLI_DIR, currency=client.settings.currency)
-
-
-def _quota(client: DashScopeClient) -> Quota:
-    return shared_quota(max_in_flight=client.settings.max_in_flight, submits_per_s=client.settings.submits_per_s)
+def _store(current: Settings) -> Store:
+    return Store.open(StateSettings.from_env(default_dir=DEFAULT_CLI_DIR, currency=current.currency))
 
 
 # --- demo ---------------------------------------------------------------------------------------
 
 
 def _demo(out: Path) -> int:
-    """Every function on its sample image, through edit.prepare/run, plus one contact sheet."""
+    """Every function on its sample image, through request.prepare, runner.run, plus one contact sheet."""
     out.mkdir(parents=True, exist_ok=True)
     rows: list[tuple[str, Image.Image, Image.Image]] = []
-    with _connection(emulated=True) as client:
+    with _connection(emulated=True) as engine:
         for fn in FUNCTIONS:
-            example = samples.EXAMPLES[fn.api_name]
-            source = samples.sample_image(fn.api_name)
+            example = fn.example
+            source = samples.sample_image(example.scene)
             source.save(out / f"input_{fn.api_name}.png")
-            mask = samples.sample_mask(fn.api_name)
+            mask = samples.sample_mask(example.scene)
             image_tensor = torch.from_numpy(np.asarray(source, dtype=np.float32) / 255.0).unsqueeze(0)
             mask_tensor = torch.from_numpy(np.asarray(mask, dtype=np.float32) / 255.0) if mask is not None else None
-            request = edit.prepare(fn, image=image_tensor, mask=mask_tensor, prompt=example.prompt,
+            request = prepare(fn, image=image_tensor, mask=mask_tensor, prompt=example.prompt,
                                    style=example.style, values=example.values)
-            outcome = edit.run(request, client=client, quota=_quota(client))
+            outcome = engine.run(request)
             (result_path,) = _write_outcome(outcome, ["demo"], out)[:1]
             print(f"  {fn.api_name:28s} {outcome.items[0].sent_size} -> {outcome.items[0].images[0].shape[1]}x"
                   f"{outcome.items[0].images[0].shape[0]}  task {outcome.items[0].task_id}", file=sys.stderr)
@@ -256,8 +249,7 @@ def _contact_sheet(rows: Sequence[tuple[str, Image.Image, Image.Image]], *, cell
 
 
 def _tasks() -> int:
-    client = DashScopeClient(Settings.from_env())
-    rows = client.list_tasks()
+    rows = DashScopeClient(Settings.from_env()).list_tasks()
     if not rows:
         print("no wanx2.1-imageedit tasks in the last 24 hours")
     for row in rows:
@@ -267,8 +259,8 @@ def _tasks() -> int:
 
 
 def _fetch(task_id: str | None, out: Path) -> int:
-    client = DashScopeClient(Settings.from_env())
-    recovered = edit.recover(task_id, client=client, store=_store(client))
+    current = Settings.from_env()
+    recovered = connect(current, store=_store(current)).recover(task_id)
     out.mkdir(parents=True, exist_ok=True)
     for i, array in enumerate(recovered.images):
         Image.fromarray(array).save(out / f"{recovered.task_id}_{i}.png")
