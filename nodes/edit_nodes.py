@@ -25,7 +25,6 @@ from .core.functions import (
     build_prompt,
     node_inputs,
 )
-from .core.request import prepare
 
 CATEGORY = texts.CATEGORY
 
@@ -88,10 +87,10 @@ def node_class(fn: EditFunction) -> type[io.ComfyNode]:
             return True
 
         @classmethod
-        def execute(cls, image: Any, prompt: str, mask: Any = None, style: str = CUSTOM_STYLE,
-                    use_cache: bool = True, **values: Any) -> io.NodeOutput:
-            request = prepare(fn, image=image, mask=mask, prompt=prompt, style=style, values=values)
-            outcome, settings = host.run(request, reuse=use_cache)
+        async def execute(cls, image: Any, prompt: str, mask: Any = None, style: str = CUSTOM_STYLE,
+                          use_cache: bool = True, **values: Any) -> io.NodeOutput:
+            outcome, settings = await host.edit(fn, reuse=use_cache, image=image, mask=mask, prompt=prompt,
+                                                style=style, values=values)
             report = json.dumps(outcome.report(currency=settings.currency), ensure_ascii=False, indent=1)
             # The report also goes to the UI, where the front end keeps the session's running cost.
             return io.NodeOutput(outcome.images_tensor(), report, ui={"wanx_report": [report]})
@@ -120,8 +119,8 @@ class WanxFetchTask(io.ComfyNode):
         return task_id.strip() or host.newest_unrecovered_task() or ""
 
     @classmethod
-    def execute(cls, task_id: str = "") -> io.NodeOutput:
-        recovered = host.recover(task_id.strip() or None)
+    async def execute(cls, task_id: str = "") -> io.NodeOutput:
+        recovered = await host.recover(task_id.strip() or None)
         return io.NodeOutput(recovered.images_tensor(), json.dumps(recovered.report(), ensure_ascii=False, indent=1))
 
 

@@ -520,6 +520,8 @@ def recover(
                         advice="Pass the task id (see `wanx-imageedit tasks` or the Model Studio console).")
     ticker = Ticker()
     policy = _limits(policy, client)
+    if entry is None or time.time() - entry.submitted_at >= RETENTION_S:
+        policy = policy.within(timeout_s=policy.timeout_s, outage_s=policy.outage_s, unknown_grace_s=0.0)
     with _cancel_watch(ticker, should_cancel):
         if entry is not None and entry.task_id is None:
             entry = _adopt_for_recovery(entry, client=client, store=store, ticker=ticker, policy=policy)
