@@ -1,17 +1,16 @@
 """The ten ComfyUI nodes, one per function, built from the function table. A node translates
 types: its schema comes from the table, and execute() hands the tensors to the core.
 
-V3 schema, pinned to comfy_api.v0_0_2 where it exists (`latest` is allowed to move under us)."""
+The V3 schema from ``comfy_api.latest``: no frozen version of it exists (``comfy_api.v0_0_2`` re-exports
+``latest`` in 0.3.64 and in today's releases), so the pack names the one module every supported
+ComfyUI has and uses only names in ``io.__all__`` of recent releases (the host tests load it)."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
-try:
-    from comfy_api.v0_0_2 import ComfyExtension, io
-except ImportError:  # a newer ComfyUI that dropped the pinned version
-    from comfy_api.latest import ComfyExtension, io
+from comfy_api.latest import ComfyExtension, io
 
 from . import host
 from .core import texts

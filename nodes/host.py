@@ -18,8 +18,8 @@ from comfy_execution.utils import ExecutionContext, get_executing_context
 from server import PromptServer
 
 from .core.errors import CanceledError
-from .core.outcome import EditOutcome, Progress, Recovered
 from .core.functions import EditFunction
+from .core.outcome import EditOutcome, Progress, Recovered
 from .core.request import EditRequest, prepare
 from .core.settings import Settings, StateSettings
 from .core.store import Store

@@ -9,16 +9,16 @@ import time
 import numpy as np
 import pytest
 import requests
-from conftest import FAST_POLL, TEST_KEY, box_mask, photo, settings_for
 
+from conftest import FAST_POLL, TEST_KEY, box_mask, photo, settings_for
 from wanx_imageedit.nodes.core import images, runner
-from wanx_imageedit.nodes.core.outcome import EditOutcome, Progress
-from wanx_imageedit.nodes.core.request import EditRequest, prepare
 from wanx_imageedit.nodes.core.client import DashScopeClient
-from wanx_imageedit.nodes.emulator import Emulator
 from wanx_imageedit.nodes.core.errors import CanceledError, InputError, TaskFailedError
 from wanx_imageedit.nodes.core.functions import FUNCTIONS, ImageSize, lookup
+from wanx_imageedit.nodes.core.outcome import EditOutcome, Progress
 from wanx_imageedit.nodes.core.quota import Quota
+from wanx_imageedit.nodes.core.request import EditRequest, prepare
+from wanx_imageedit.nodes.emulator import Emulator
 
 
 def run(request: EditRequest, client: DashScopeClient, quota: Quota, **kwargs: object) -> EditOutcome:
@@ -115,7 +115,7 @@ def test_results_of_a_resized_input_come_back_at_the_sent_size(emulator, client,
     back at the function's rule applied to the sent size, never stretched back."""
     request = prepare(lookup("super_resolution"), image=photo(width_px=300, height_px=200), mask=None,
                            prompt="", values={"upscale_factor": 2})
-    assert request.items[0].image.sent_size == ImageSize(768, 512)
+    assert request.items[0].encode().image.sent_size == ImageSize(768, 512)
     outcome = run(request, client, quota)
     assert tuple(outcome.images_tensor().shape) == (1, 1024, 1536, 3)
     assert outcome.items[0].warnings == []
@@ -124,10 +124,10 @@ def test_results_of_a_resized_input_come_back_at_the_sent_size(emulator, client,
 def test_mask_travels_through_the_same_resize_as_its_image(emulator, client, quota) -> None:
     request = prepare(lookup("description_edit_with_mask"), image=photo(width_px=400, height_px=300),
                            mask=box_mask(width_px=400, height_px=300), prompt="")
-    item = request.items[0]
+    item = request.items[0].encode()
     assert item.mask is not None and item.mask.sent_size == item.image.sent_size
     assert item.image.sent_size.height == 512 and abs(item.image.sent_size.width - 512 * 4 / 3) <= 1
-    expected = request.expected_size(item)
+    expected = request.expected_size(request.items[0])
     assert tuple(run(request, client, quota).images_tensor().shape[1:3]) == (expected.height, expected.width)
 
 
@@ -182,7 +182,7 @@ def _submit_raw(emulator) -> str:
     request = prepare(lookup("colorization"), image=photo(seed=9), mask=None, prompt="")
     time.sleep(0.55)  # stay inside the emulator's two-per-second submission limit
     response = requests.post(
-        emulator.base_url + "/services/aigc/image2image/image-synthesis", json=request.body(request.items[0]),
+        emulator.base_url + "/services/aigc/image2image/image-synthesis", json=request.body(request.items[0].encode()),
         headers={"Authorization": "Bearer sk-emulator-key", "X-DashScope-Async": "enable"}, timeout=5)
     assert response.status_code == 200, response.text
     return response.json()["output"]["task_id"]

@@ -7,16 +7,16 @@ import socket
 import time
 
 import pytest
-from conftest import FAST_POLL, TEST_KEY, photo, settings_for
 
+from conftest import FAST_POLL, TEST_KEY, photo, settings_for
 from wanx_imageedit.nodes.core import runner
-from wanx_imageedit.nodes.core.outcome import EditOutcome
-from wanx_imageedit.nodes.core.request import prepare
-from wanx_imageedit.nodes.core.ticker import Ticker
 from wanx_imageedit.nodes.core.client import DashScopeClient, Timeouts
 from wanx_imageedit.nodes.core.errors import ApiError, DownloadError, SubmitUncertainError, WanxError
 from wanx_imageedit.nodes.core.functions import lookup
+from wanx_imageedit.nodes.core.outcome import EditOutcome
+from wanx_imageedit.nodes.core.request import prepare
 from wanx_imageedit.nodes.core.settings import Settings
+from wanx_imageedit.nodes.core.ticker import Ticker
 
 
 def one_edit(client: DashScopeClient, quota, *, n: int = 1) -> EditOutcome:
@@ -62,7 +62,7 @@ def test_an_ambiguous_create_is_reconciled_never_paid_twice(fault, accepted, emu
 
 def test_an_ambiguous_create_with_two_candidates_is_never_resent(emulator, client, quota) -> None:
     other = prepare(lookup("remove_watermark"), image=photo(seed=5), mask=None, prompt="", values={})
-    rival = client.submit(other.body(other.items[0]), ticker=Ticker(), quota=quota)  # another machine's task
+    rival = client.submit(other.body(other.items[0].encode()), ticker=Ticker(), quota=quota)  # another machine's task
     emulator.inject("create", "drop_after")
     with pytest.raises(SubmitUncertainError, match="several new tasks could be this one") as caught:
         one_edit(client, quota)
@@ -105,7 +105,7 @@ def test_account_and_moderation_refusals_explain_what_to_do(fault, code, hint, e
 
 def test_invalid_parameter_names_the_parameter(emulator, client, quota) -> None:
     request = prepare(lookup("expand"), image=photo(), mask=None, prompt="p")
-    body = request.body(request.items[0])
+    body = request.body(request.items[0].encode())
     body["parameters"]["strength"] = 0.5  # bypass our own validation to see the service's answer
     with pytest.raises(ApiError, match="strength") as caught:
         client.submit(body, ticker=Ticker(), quota=quota)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from wanx_imageedit.nodes.core import functions as f
-from wanx_imageedit.nodes.core.request import check_mask_rule
 from wanx_imageedit.nodes.core.errors import InputError
+from wanx_imageedit.nodes.core.request import check_mask_rule
 
 # Parameters each function takes, written out independently of the table (spec section 4.3).
 SPEC_PARAMS = {
@@ -47,7 +47,8 @@ def test_each_function_sends_exactly_its_own_parameters(fn: f.EditFunction) -> N
         assert body["parameters"][name] == value
 
 
-WRONG_PAIRS = [(fn.api_name, name) for fn in f.FUNCTIONS for name in ALL_PARAM_NAMES if name not in SPEC_PARAMS[fn.api_name]]
+WRONG_PAIRS = [(fn.api_name, name) for fn in f.FUNCTIONS for name in ALL_PARAM_NAMES
+               if name not in SPEC_PARAMS[fn.api_name]]
 
 
 @pytest.mark.parametrize(("api", "name"), WRONG_PAIRS)

@@ -16,14 +16,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-from comfy_host import ComfyHost, find_host, load_workflow, ui_to_api
-from conftest import TEST_KEY
 from PIL import Image
 
+from comfy_host import ComfyHost, find_host, load_workflow, ui_to_api
+from conftest import TEST_KEY
 from wanx_imageedit.nodes.core import images
-from wanx_imageedit.nodes.emulator import Emulator
 from wanx_imageedit.nodes.core.functions import FUNCTIONS, node_inputs
 from wanx_imageedit.nodes.core.journal import Journal
+from wanx_imageedit.nodes.emulator import Emulator
 
 FOUND = find_host()
 pytestmark = pytest.mark.skipif(isinstance(FOUND, str), reason=f"host tests need ComfyUI: {FOUND}")
@@ -62,7 +62,7 @@ def test_the_pack_imports_cleanly_and_registers_nothing_else(host: ComfyHost, ob
     assert any("custom_nodes/wanx_imageedit" in line for line in ours_lines), host.log()[-3000:]
     failed = [line for line in ours_lines if "IMPORT FAILED" in line or "Cannot import" in line or "ERROR" in line]
     assert failed == [], host.log()[-3000:]
-    ours = sorted(name for name in object_info if object_info[name].get("python_module") == "custom_nodes.wanx_imageedit")
+    ours = sorted(name for name, info in object_info.items() if info.get("python_module") == "custom_nodes.wanx_imageedit")
     assert ours == sorted([fn.node_id for fn in FUNCTIONS] + ["WanxImageEdit_FetchTask"])
     assert requests.get(host.url + "/extensions", timeout=10).status_code == 200
 

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-from comfy_host import ComfyHost, find_host
-from conftest import TEST_KEY
 from PIL import Image
 
+from comfy_host import ComfyHost, find_host
+from conftest import TEST_KEY
 from wanx_imageedit.nodes.core import images
 from wanx_imageedit.nodes.core.journal import Journal
 from wanx_imageedit.nodes.emulator import Emulator

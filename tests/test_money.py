@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FAST_POLL, photo
 
+from conftest import FAST_POLL, photo
 from wanx_imageedit.nodes.core import runner
 from wanx_imageedit.nodes.core.errors import BudgetError, DownloadError, InputError, TaskFailedError
 from wanx_imageedit.nodes.core.functions import lookup
@@ -52,7 +52,8 @@ def test_a_task_that_stays_unknown_stays_recoverable_and_counted(emulator, clien
     with pytest.raises(TaskFailedError, match="does not know this task right now") as caught:
         runner.run(colorize(), client=client, quota=quota, policy=FAST_POLL, store=store)
     task_id = emulator.task_ids[0]
-    assert f"wanx-imageedit fetch {task_id}" in str(caught.value) and "may still finish and be billed" in str(caught.value)
+    message = str(caught.value)
+    assert f"wanx-imageedit fetch {task_id}" in message and "may still finish and be billed" in message
     entry = store.journal.newest_unrecovered()
     assert entry is not None and entry.task_id == task_id and not entry.final  # `fetch` finds it
     with pytest.raises(BudgetError):  # it may bill: the budget still counts it
@@ -113,10 +114,9 @@ def test_a_partial_delivery_is_journaled_and_fetch_delivers_exactly_the_missing(
 
 
 def test_nothing_downloaded_says_billed_and_fetch_recovers_it_with_fresh_links(tmp_path, quota) -> None:
-    from wanx_imageedit.nodes.emulator import Emulator
-
     from conftest import TEST_KEY, settings_for
     from wanx_imageedit.nodes.core.client import DashScopeClient
+    from wanx_imageedit.nodes.emulator import Emulator
 
     with Emulator(api_keys=(TEST_KEY,), running_s=(0.1, 0.15), link_lifetime_s=1.0) as emulator:
         client = DashScopeClient(settings_for(emulator))
@@ -140,7 +140,7 @@ def test_an_identical_seeded_edit_attaches_to_the_task_in_flight(emulator, clien
     # A run that died after its task was accepted: its claim and task are in the journal, nothing delivered.
     (claim,) = store.journal.reserve([request.digest(request.items[0])], function="colorization", n=1,
                                      owner="dead-host:1:x")
-    submitted = client.submit(request.body(request.items[0]), ticker=runner.Ticker(), quota=quota)
+    submitted = client.submit(request.body(request.items[0].encode()), ticker=runner.Ticker(), quota=quota)
     store.journal.set(claim.row, task_id=submitted.task_id, status=submitted.status.value, heartbeat_at=0.0)
     outcome = runner.run(request, client=client, quota=quota, policy=FAST_POLL, store=store)
     assert outcome.items[0].attached and outcome.items[0].task_id == submitted.task_id
@@ -181,10 +181,12 @@ def test_results_that_could_not_be_handed_back_are_refused_before_sending(emulat
 def test_a_journal_that_fails_after_the_submit_does_not_stop_the_paid_task(emulator, client, quota, tmp_path,
                                                                             caplog) -> None:
     store = store_in(tmp_path)
+    emulator.next_task_outcomes("running_s:1")  # long enough for the break to land while it runs
     broken: list[bool] = []
 
     def break_journal(progress: Progress) -> None:
-        if not broken and any(s is ItemState.SUBMITTING for s in progress.states):
+        sent = (ItemState.SUBMITTING, ItemState.PENDING, ItemState.RUNNING)
+        if not broken and any(s in sent for s in progress.states):
             with sqlite3.connect(tmp_path / "state.db") as db:  # another program damages the journal
                 db.execute("DROP TABLE tasks")
             broken.append(True)

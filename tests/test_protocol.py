@@ -26,7 +26,8 @@ def test_partial_success_keeps_urls_and_failures_and_usage() -> None:
 def test_failed_task_carries_code_and_message() -> None:
     state = TaskState.from_json({"request_id": "r", "output": {
         "task_id": "t", "task_status": "FAILED", "code": "InvalidParameter", "message": "bad"}})
-    assert (state.status, state.code, state.message, state.image_count) == (TaskStatus.FAILED, "InvalidParameter", "bad", None)
+    assert (state.status, state.code, state.message, state.image_count) == (
+        TaskStatus.FAILED, "InvalidParameter", "bad", None)
 
 
 def test_an_unknown_status_is_an_error_not_a_reason_to_keep_polling() -> None:

@@ -15,19 +15,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-from conftest import FAST_POLL, TEST_KEY, photo
-from pack_import import REPO_ROOT
 from PIL import Image
 
+from conftest import FAST_POLL, TEST_KEY, photo
+from pack_import import BOOT
 from wanx_imageedit.nodes.core import images, runner
-from wanx_imageedit.nodes.core.request import EditRequest, prepare
 from wanx_imageedit.nodes.core.cache import ResultCache
 from wanx_imageedit.nodes.core.errors import TaskFailedError
 from wanx_imageedit.nodes.core.functions import lookup
 from wanx_imageedit.nodes.core.journal import MAX_ENTRIES, Entry, Journal
+from wanx_imageedit.nodes.core.request import EditRequest, prepare
 from wanx_imageedit.nodes.core.store import BudgetError, Store
 
-BOOT = f"import sys; sys.path.insert(0, {str(REPO_ROOT / 'tests')!r}); import pack_import; pack_import.register_pack(); "
 
 
 def cli(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
@@ -89,7 +88,8 @@ def test_a_writer_killed_mid_write_never_corrupts_the_journal(tmp_path: Path) ->
         "import time; from pathlib import Path; from wanx_imageedit.nodes.core.journal import Journal, Entry; "
         f"j = Journal(Path({str(path)!r})); i = 0\n"
         "while True:\n"
-        "    j.record_submitted(Entry(task_id=f't{i}', function='expand', digest='d' * 64, submitted_at=time.time(), n=1)); i += 1")
+        "    j.record_submitted(Entry(task_id=f't{i}', function='expand', digest='d' * 64,"
+        " submitted_at=time.time(), n=1)); i += 1")
     for delay_s in (0.4, 0.55, 0.7):
         process = subprocess.Popen([sys.executable, "-c", writer])
         time.sleep(delay_s)

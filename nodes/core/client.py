@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 CREATE_PATH = "/services/aigc/image2image/image-synthesis"
 USER_AGENT = "wanx-imageedit-comfyui/0.1"
 
+# The bundled emulator marks every answer with this header (nodes/emulator/http.py). Believed only
+# from a loopback endpoint, so no remote gateway can make a billed run look free.
+EMULATOR_HEADER = "X-Wanx-Emulator"
 # Result files live on the service's OSS buckets (spec section 6); every documented host matches.
 RESULT_HOST = re.compile(r"^dashscope-result-[a-z0-9-]+\.oss-[a-z0-9-]+\.aliyuncs\.com$")
 
@@ -70,6 +73,7 @@ class DashScopeClient:
         base = urlsplit(settings.base_url)
         self._base_host = base.netloc  # host:port, for messages
         self._base_hostname = base.hostname or ""  # for the result-host rule
+        self._emulated = False
 
     def __repr__(self) -> str:
         return f"DashScopeClient(base_url={self._settings.base_url!r}, key={self._settings.key_hint!r})"
@@ -77,6 +81,16 @@ class DashScopeClient:
     @property
     def settings(self) -> Settings:
         return self._settings
+
+    @property
+    def emulated(self) -> bool:
+        """True once an answer came from the bundled emulator (its marker header, on a loopback endpoint)."""
+        return self._emulated
+
+    def _note(self, response: requests.Response) -> requests.Response:
+        if response.headers.get(EMULATOR_HEADER) == "1" and self._base_hostname in LOOPBACK:
+            self._emulated = True
+        return response
 
     def _auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self._settings.api_key}"}
@@ -140,14 +154,15 @@ class DashScopeClient:
         headers = {**self._auth(), "Content-Type": "application/json", "X-DashScope-Async": "enable"}
         with requests.Session() as fresh:
             fresh.headers["User-Agent"] = USER_AGENT
-            return fresh.post(self._settings.base_url + CREATE_PATH, data=payload, headers=headers,
-                              timeout=(self._timeouts.connect_s, self._timeouts.create_read_s))
+            return self._note(fresh.post(self._settings.base_url + CREATE_PATH, data=payload, headers=headers,
+                                         timeout=(self._timeouts.connect_s, self._timeouts.create_read_s)))
 
     # --- task API -----------------------------------------------------------------------------
 
     def query(self, task_id: str) -> TaskState:
         """One GET /tasks/{id}. Raises TransientError for what a retry may fix."""
-        response = self._get(f"/tasks/{task_id}", timeout_s=self._timeouts.query_read_s, what="checking the task", task_id=task_id)
+        response = self._get(f"/tasks/{task_id}", timeout_s=self._timeouts.query_read_s, what="checking the task",
+                             task_id=task_id)
         try:
             return TaskState.from_json(response.json())
         except ValueError:
@@ -169,7 +184,8 @@ class DashScopeClient:
         runs or ended, so it may be billed. Raises ApiError when the call itself failed."""
         try:
             response = self._session.post(
-                f"{self._settings.base_url}/tasks/{task_id}/cancel", headers=self._auth(), timeout=self._timeouts.cancel_s,
+                f"{self._settings.base_url}/tasks/{task_id}/cancel", headers=self._auth(),
+                timeout=self._timeouts.cancel_s,
             )
         except requests.RequestException as exc:
             raise ApiError(f"could not ask the service to cancel the task ({_brief(exc)})", task_id=task_id) from None
@@ -189,6 +205,7 @@ class DashScopeClient:
             )
         except requests.RequestException as exc:
             raise TransientError(f"no answer while {what} ({_brief(exc)})", task_id=task_id) from None
+        self._note(response)
         if response.status_code == 200:
             return response
         error = ServiceError.from_json(_json_or_none(response))

@@ -1,16 +1,48 @@
 """One error family for the pack. Every message is written for the artist: what happened,
 the service's code and the task or request id, and what to do next. ComfyUI shows
-``str(exc)`` to the user, so these strings are UI text. No message ever carries the API key."""
+``str(exc)`` to the user, so these strings are UI text. No message ever carries the API key.
+
+Each adapter words the remedy for its own user: an ``Advice`` is the node's wording (it *is*
+that string) and carries the command line's wording of the same remedy; ``str(exc)`` stays the
+node's text and ``exc.text(for_cli=True)`` is the CLI's. Plain-string advice suits both."""
 
 from __future__ import annotations
+
+
+class Advice(str):
+    """A remedy worded for the node's user, with ``cli``: the same remedy for the command line
+    (``--mask FILE`` where the node says "Connect a MASK")."""
+
+    cli: str
+
+    def __new__(cls, node: str, *, cli: str) -> Advice:
+        made = super().__new__(cls, node)
+        made.cli = cli
+        return made
+
+    def __reduce__(self) -> tuple[object, ...]:  # copy/pickle keep both wordings
+        return (_advice, (str(self), self.cli))
+
+
+def _advice(node: str, cli: str) -> Advice:
+    return Advice(node, cli=cli)
+
+
+def cli_wording(advice: str | None) -> str | None:
+    """The command line's wording of ``advice`` (the same text when it has no CLI variant)."""
+    return getattr(advice, "cli", advice)
+
 
 # What the artist should do, by the service's error code (spec section 9). Codes not listed
 # fall back to the generic advice of their error class.
 _ADVICE_BY_CODE: dict[str, str] = {
-    "InvalidApiKey": (
+    "InvalidApiKey": Advice(
         "Check the API key. wanx2.1-imageedit runs only in the China (Beijing) region, so it "
         "needs a Beijing-region DashScope key; a Singapore/international key is refused here. "
-        "Set DASHSCOPE_API_KEY, or put the key in ~/.dashscope/api_key."
+        "Set DASHSCOPE_API_KEY, or put the key in ~/.dashscope/api_key.",
+        cli="Check the API key. wanx2.1-imageedit runs only in the China (Beijing) region, so it "
+        "needs a Beijing-region DashScope key; a Singapore/international key is refused here. "
+        "Run `export DASHSCOPE_API_KEY=sk-...` with a Beijing key, or put the key alone in ~/.dashscope/api_key.",
     ),
     "Arrearage": "Your Alibaba Cloud account has an overdue payment. Top it up in the console, then retry.",
     "AccessDenied.Unpurchased": (
@@ -62,7 +94,7 @@ def advice_for(code: str | None) -> str | None:
 def _compose(what: str, *, code: str | None, ids: dict[str, str | None], todo: str | None) -> str:
     parts = [what.rstrip(".") + "."]
     tags = [f"code {code}"] if code else []
-    tags += [f"{name} {value}" for name, value in ids.items() if value]
+    tags += [f"{name} {value}" for name, value in ids.items() if value and value not in what]  # each id once
     if tags:
         parts.append("(" + ", ".join(tags) + ")")
     if todo:
@@ -89,9 +121,12 @@ class WanxError(Exception):
         self.request_id = request_id
         self.task_id = task_id
         self.advice = advice or advice_for(code) or self.default_advice
-        super().__init__(
-            _compose(what, code=code, ids={"task": task_id, "request": request_id}, todo=self.advice)
-        )
+        super().__init__(self.text())
+
+    def text(self, *, for_cli: bool = False) -> str:
+        """The whole message: the node's wording (``str(exc)``), or with ``for_cli`` the command line's."""
+        todo = cli_wording(self.advice) if for_cli else self.advice
+        return _compose(self.what, code=self.code, ids={"task": self.task_id, "request": self.request_id}, todo=todo)
 
 
 class InputError(WanxError):
@@ -130,10 +165,12 @@ class SubmitUncertainError(ApiError):
         self.slow = slow  # no answer in time: the service may still be working on the request
         super().__init__(what, **kwargs)  # type: ignore[arg-type]
 
-    default_advice = (
+    default_advice = Advice(
         "A task may have been created and may be billed. Do not simply queue again: list recent "
         "tasks with `wanx-imageedit tasks` (or in the Model Studio console) and recover the result "
-        "with `wanx-imageedit fetch TASK_ID` before retrying."
+        "with `wanx-imageedit fetch TASK_ID` before retrying.",
+        cli="A task may have been created and may be billed. Do not simply run the edit again: list recent "
+        "tasks with `wanx-imageedit tasks` and recover the result with `wanx-imageedit fetch TASK_ID` first.",
     )
 
 
@@ -159,6 +196,13 @@ class CanceledError(WanxError):
 class BudgetError(WanxError):
     """A submission would cross the daily limit; nothing was sent."""
 
+    @classmethod
+    def over_limit(cls, *, images: int, used: int, limit: int, source: str | None) -> BudgetError:
+        return cls(f"this run would send {images} image(s), but {used} of today's limit of {limit} ({source}) "
+                   "are already used or in flight",
+                   advice="Nothing was sent. Raise or unset WANX_DAILY_IMAGE_LIMIT / WANX_DAILY_BUDGET, or wait "
+                   "until tomorrow.")
+
 
 class SettingsRefused(WanxError):
     """A change to the stored settings that the settings panel refuses; the message is shown as is."""
@@ -172,11 +216,13 @@ class Interrupted(Exception):  # noqa: N818 - control flow, not an error the use
     """Raised by Ticker.wait once the user cancels; the runner turns it into CanceledError."""
 
 
-def billed_advice(task_id: str | None) -> str:
+def billed_advice(task_id: str | None) -> Advice:
     """What to say about an image that was generated and billed but not handed over."""
     target = f" {task_id}" if task_id else " TASK_ID"
-    return ("It was generated and billed, and it is not lost: recover it within 24 hours with the Wanx Fetch Task "
-            f"Result node or `wanx-imageedit fetch{target}` (free, never a new task).")
+    return Advice("It was generated and billed, and it is not lost: recover it within 24 hours with the Wanx Fetch "
+                  f"Task Result node or `wanx-imageedit fetch{target}` (free, never a new task).",
+                  cli=f"It was generated and billed, and it is not lost: recover it within 24 hours with "
+                  f"`wanx-imageedit fetch{target}` (free, never a new task).")
 
 
 class DownloadError(WanxError):

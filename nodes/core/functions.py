@@ -325,7 +325,8 @@ FUNCTIONS: tuple[EditFunction, ...] = (
         "colorization", "Colorize", "Colorize", "图像上色",
         "Turns a black-and-white or grayscale image into colour.",
         "将黑白或灰度图片转为彩色。",
-        "Name the colours of key elements (蓝色背景，黄色的叶子。), or keep the generic 图像上色。 for automatic colour.",
+        "Name the colours of key elements (蓝色背景，黄色的叶子。), "
+        "or keep the generic 图像上色。 for automatic colour.",
         "写出关键元素的颜色（如“蓝色背景，黄色的叶子。”），或保留通用的“图像上色。”自动上色。",
         # The guide allows an empty prompt here, but the reference marks it required and the official
         # SDK never sends one: a generic prompt in the documented "图像超分。" pattern is the safe default.
@@ -506,7 +507,8 @@ def node_inputs(fn: EditFunction) -> tuple[NodeInput, ...]:
     inputs = [NodeInput("image", "IMAGE", help_en="The image(s) to edit; a batch runs one task per image.",
                         help_zh="要编辑的图片；批量时每张图片一个任务。", label_zh="图像")]
     if fn.needs_mask:
-        inputs.append(NodeInput("mask", "MASK", help_en="White (1) = the area to edit. A batch of 1 applies to every image.",
+        inputs.append(NodeInput("mask", "MASK",
+                                help_en="White (1) = the area to edit. A batch of 1 applies to every image.",
                                 help_zh="白色（1）为要编辑的区域。单张蒙版用于批次中的每张图片。", label_zh="蒙版"))
     if fn.styles is not None:
         inputs.append(NodeInput("style", "COMBO", options=fn.styles.keys, default=fn.styles.styles[0].key,

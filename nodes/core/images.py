@@ -63,7 +63,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from .errors import DownloadError, InputError
+from .errors import Advice, DownloadError, InputError
 from .functions import MAX_SIDE_PX, MIN_SIDE_PX, ImageSize
 from .png import DEFAULT_TUNING, PixelRows, PngTuning, codec_pool, encode_png, encode_png_rows
 
@@ -304,8 +304,9 @@ def _mask_batch(mask: torch.Tensor | None, *, batch: int, size: ImageSize) -> to
         raise InputError(
             "the mask must have the same width and height as the image",
             value=f"mask {mask_size} for image {size}",
-            fix="Draw or resize the mask at the image's size. Note that Load Image gives a 64x64 empty "
-            "mask for a file without alpha; paint the mask in the mask editor or load it separately.",
+            fix=Advice("Draw or resize the mask at the image's size. Note that Load Image gives a 64x64 empty "
+                       "mask for a file without alpha; paint the mask in the mask editor or load it separately.",
+                       cli=f"Give --mask a file of exactly {size} px (white = edit), the size of the image."),
         )
     return masks
 
@@ -362,8 +363,9 @@ def _checked_mask(mask_hw: torch.Tensor, *, original: ImageSize, sent: ImageSize
             )
         raise InputError(
             "the mask has no white (edit) area", value=f"an all-black {original} mask{suffix}",
-            fix="Paint the area to edit in white (values >= 0.5). Note that Load Image gives an empty mask "
-            "for a file without alpha.",
+            fix=Advice("Paint the area to edit in white (values >= 0.5). Note that Load Image gives an empty mask "
+                       "for a file without alpha.",
+                       cli="Paint the area to edit white in the --mask file (gray from 50% counts as white)."),
         )
     pixels.flags.writeable = False  # shared by every image of the batch when there is one mask
     return pixels, tuple(notes)

@@ -45,8 +45,9 @@ LEGACY_NAME = "journal.json"
 # Our own states around a create request, beside the service's task states.
 SUBMITTING = "SUBMITTING"  # claimed, the create request is being sent: its images are reserved
 UNCERTAIN = "UNCERTAIN"  # the create went out and its answer was lost: a paid task may exist
-REFUSED = "REFUSED"  # the service refused the create: nothing was billed
-FINAL = frozenset({*(s.value for s in TaskStatus if s.is_terminal), REFUSED})
+REFUSED = "REFUSED"  # the service refused the create, or it was never sent: nothing was billed
+ATTACHED = "ATTACHED"  # the image was delivered from another claim's task of the same edit: nothing billed
+FINAL = frozenset({*(s.value for s in TaskStatus if s.is_terminal), REFUSED, ATTACHED})
 # An owner that has not been heard of for this long is gone (killed, crashed): its task is adoptable.
 OWNER_STALE_S = 90.0
 
@@ -191,7 +192,8 @@ class Journal:
         connection = self._new_connection()
         try:
             connection.executescript(_SCHEMA)
-            connection.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('journal_schema', ?)", (str(SCHEMA_VERSION),))
+            connection.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('journal_schema', ?)",
+                               (str(SCHEMA_VERSION),))
             version = int(connection.execute("SELECT value FROM meta WHERE key = 'journal_schema'").fetchone()[0])
             if version > SCHEMA_VERSION:
                 log.warning("the task journal %s has schema %d, newer than this pack's %d", self.path, version,
@@ -309,20 +311,34 @@ class Journal:
             if daily_limit is not None and new:
                 used = self._images_since(db, day_start_s) - new  # the rows just inserted count in the sum
                 if used + new > daily_limit:
-                    raise BudgetError(
-                        f"this run would send {new} image(s), but {used} of today's limit of {daily_limit} "
-                        f"({limit_source}) are already used or in flight",
-                        advice="Nothing was sent. Raise or unset WANX_DAILY_IMAGE_LIMIT / WANX_DAILY_BUDGET, "
-                        "or wait until tomorrow.")
+                    raise BudgetError.over_limit(images=new, used=used, limit=daily_limit, source=limit_source)
             self._trim(db, now_s=now_s)
         return claims
 
-    def _attachable(self, db: sqlite3.Connection, key: str, *, now_s: float, exclude: set[int]) -> Entry | None:
+    def attach(self, row: int, key: str, *, now_s: float | None = None) -> Entry | None:
+        """At claim ``row``'s turn, now that its digest ``key`` is known: the task of an identical edit
+        to attach to (the claim is then released, nothing billed), or None (the claim keeps its
+        reservation and gets the digest). One transaction, so two processes never both create."""
+        now_s = time.time() if now_s is None else now_s
+        with self._transaction() as db:
+            own = db.execute("SELECT owner FROM tasks WHERE row = ?", (row,)).fetchone()
+            found = self._attachable(db, key, now_s=now_s, exclude=set(), owner=own[0] if own else None)
+            if found is not None:
+                db.execute("UPDATE tasks SET status = ?, image_count = 0, finished_at = ?, digest = ? WHERE row = ?",
+                           (ATTACHED, now_s, key, row))
+            else:
+                db.execute("UPDATE tasks SET digest = ? WHERE row = ?", (key, row))
+            return found
+
+    def _attachable(self, db: sqlite3.Connection, key: str, *, now_s: float, exclude: set[int],
+                    owner: str | None = None) -> Entry | None:
+        """A task of the same edit to attach to; never one of the same run (``owner``): a batch may
+        hold the same image twice on purpose."""
         rows = db.execute("SELECT * FROM tasks WHERE digest = ? AND submitted_at >= ? ORDER BY submitted_at DESC",
                           (key, now_s - RETENTION_S)).fetchall()
         for row in rows:
             entry = Entry._from_row(row)
-            if entry.row in exclude or entry.status == REFUSED:
+            if entry.row in exclude or entry.status in (REFUSED, ATTACHED) or (owner and entry.owner == owner):
                 continue
             if entry.missing or (not entry.final and (entry.task_id is not None or entry.owner_alive(now_s=now_s))):
                 return entry

@@ -120,6 +120,7 @@ class ItemReport(TypedDict, total=False):
     failures: list[dict[str, str]]
     timings_s: dict[str, float]
     warnings: list[str]
+    notes: list[str]
     error: str
 
 
@@ -140,6 +141,7 @@ class Report(TypedDict):
     cost: Cost
     elapsed_s: float
     items: list[ItemReport]
+    emulated: bool  # run against the emulator: nothing real was made or billed (cost.billed is 0)
 
 
 @dataclass
@@ -155,6 +157,7 @@ class ItemResult:
     urls: list[str] = field(default_factory=list)
     failures: list[dict[str, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what was done to the input on the way (resized, JPEG, ...)
     image_count: int = 0
     cached: bool = False  # served from the result cache: nothing was sent or billed
     attached: bool = False  # the task of an identical edit from an earlier run: nothing new was sent or billed
@@ -175,6 +178,8 @@ class ItemResult:
         }
         if self.warnings:
             entry["warnings"] = self.warnings
+        if self.notes:
+            entry["notes"] = self.notes
         if self.error is not None:
             entry["error"] = str(self.error)
         return entry
@@ -212,12 +217,15 @@ class EditOutcome:
         """Every result as one float32 [n,H,W,3] batch, grouped per input image, in input order."""
         return images.stack_images([array for item in self.items for array in item.images])
 
-    def report(self, *, currency: str = "CNY") -> Report:
+    def report(self, *, currency: str = "CNY", emulated: bool = False) -> Report:
+        """``emulated``: the service was the emulator, so ``usage`` is what it counted and nothing is billed."""
+        billed = cost(image_count=0 if emulated else self.image_count, currency=currency)
         return {
             "model": MODEL, "function": self.function, "prompt": self.prompt, "parameters": dict(self.parameters),
             "images_in": len(self.items), "images_out": sum(len(item.images) for item in self.items),
-            "usage": {"image_count": self.image_count}, "cost": cost(image_count=self.image_count, currency=currency),
+            "usage": {"image_count": self.image_count}, "cost": billed,
             "elapsed_s": round(self.elapsed_s, 3), "items": [item.report() for item in self.items],
+            "emulated": emulated,
         }
 
 

@@ -15,10 +15,10 @@ steps (the 1 s query included) lag 0.116 s at 1.97 q/s, which tests/test_polling
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Callable
-import dataclasses
 from dataclasses import dataclass
 
 from .backoff import Backoff

@@ -1,27 +1,72 @@
 """One edit, checked once: ``prepare`` applies every rule that can refuse it (prompt, parameters,
-mask, shapes, sizes, pixel values) before anything billable is sent, and the request it returns
-holds only trusted values, so building each task's body is plain assembly."""
+mask, shapes, sizes, pixel values) before anything billable is sent, without encoding; the request
+holds only trusted values, so encoding each image when its turn comes and building its task's
+body are plain work."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 
 from . import images
 from .cache import digest
-from .errors import InputError
+from .errors import Advice, InputError
 from .functions import CUSTOM_STYLE, EditFunction, ImageSize, build_body, build_parameters, build_prompt, output_size
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Item:
-    """One image of the batch (and its mask), encoded as it will be sent."""
+    """One image of the batch (and its mask), checked; encoded only when its turn to be sent comes,
+    so a big batch starts at once and holds few payloads."""
+
+    checked: images.Checked
+
+    @property
+    def sent_size(self) -> ImageSize:
+        return self.checked.sent_size
+
+    @property
+    def original_size(self) -> ImageSize:
+        return self.checked.original_size
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        """What will be done to the input on the way (resized, alpha flattened, mask binarized, ...)."""
+        return self.checked.notes
+
+    def pixels_sha256(self) -> tuple[str, str | None]:
+        """Digests of the image and mask exactly as checked: the identity of the input, without
+        encoding it (a SHA-256 of the pixels costs about a fifth of an encode)."""
+        mask = self.checked.mask_pixels
+        return _tensor_sha256(self.checked.image), (
+            None if mask is None else hashlib.sha256(np.ascontiguousarray(mask).data).hexdigest())
+
+    def encode(self) -> Payload:
+        image, mask = images.encode(self.checked)
+        return Payload(image=image, mask=mask)
+
+
+@dataclass(frozen=True)
+class Payload:
+    """The files of one item as sent; dropped once the service has accepted them."""
 
     image: images.Encoded
     mask: images.Encoded | None
-    notes: tuple[str, ...] = ()  # what was done to the input on the way (resized, alpha flattened, ...)
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        return self.image.notes
+
+
+def _tensor_sha256(tensor: torch.Tensor) -> str:
+    data = tensor.detach().to(device="cpu").contiguous().numpy()
+    digest_ = hashlib.sha256(f"{data.dtype}{list(data.shape)}".encode())
+    digest_.update(data.data)
+    return digest_.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -31,16 +76,18 @@ class EditRequest:
     parameters: Mapping[str, object]  # wire values, checked against the function's ranges
     items: tuple[Item, ...]
 
-    def body(self, item: Item) -> dict[str, object]:
-        return build_body(self.fn, prompt=self.prompt, base_image_url=item.image.data_uri,
-                          mask_image_url=item.mask.data_uri if item.mask else None, parameters=self.parameters)
+    def body(self, payload: Payload) -> dict[str, object]:
+        return build_body(self.fn, prompt=self.prompt, base_image_url=payload.image.data_uri,
+                          mask_image_url=payload.mask.data_uri if payload.mask else None, parameters=self.parameters)
 
     def expected_size(self, item: Item) -> ImageSize:
-        return output_size(self.fn, item.image.sent_size, self.parameters)
+        return output_size(self.fn, item.sent_size, self.parameters)
 
     def digest(self, item: Item) -> str:
+        """The identity of one image's edit: the result cache's key and the journal's attach key."""
+        image_sha256, mask_sha256 = item.pixels_sha256()
         return digest(function=self.fn.api_name, prompt=self.prompt, parameters=self.parameters,
-                      image_sha256=item.image.sha256, mask_sha256=item.mask.sha256 if item.mask else None)
+                      image_sha256=image_sha256, mask_sha256=mask_sha256)
 
     @property
     def n(self) -> int:
@@ -58,7 +105,7 @@ def prepare(
     fn: EditFunction, *, image: torch.Tensor, mask: torch.Tensor | None, prompt: str,
     style: str = CUSTOM_STYLE, values: Mapping[str, object] | None = None,
 ) -> EditRequest:
-    """Validate and encode a whole edit. Raises InputError naming the rule; sends nothing."""
+    """Validate a whole edit without encoding it. Raises InputError naming the rule; sends nothing."""
     text = build_prompt(fn, prompt=prompt, style=style)
     parameters = build_parameters(fn, values or {})
     check_mask_rule(fn, has_mask=mask is not None)
@@ -67,20 +114,42 @@ def prepare(
     # Never pay for what cannot be handed back: the results' predicted size must decode and fit.
     images.check_result_size(output_size(fn, checked[0].sent_size, parameters),
                              count=len(checked) * (n if isinstance(n, int) else 1))
-    items = []
-    for one in checked:
-        encoded, encoded_mask = images.encode(one)
-        items.append(Item(image=encoded, mask=encoded_mask, notes=one.notes + encoded.notes))
-    return EditRequest(fn=fn, prompt=text, parameters=parameters, items=tuple(items))
+    return EditRequest(fn=fn, prompt=text, parameters=parameters, items=tuple(Item(one) for one in checked))
 
 
 def check_mask_rule(fn: EditFunction, *, has_mask: bool) -> None:
     """A mask exactly when the function takes one: a mask given to any other function is refused,
     never dropped, so the user never pays for an edit that ignored it."""
     if fn.needs_mask and not has_mask:
-        raise InputError(f"{fn.title_en} needs a mask", value="no mask", fix="Connect a MASK (white = edit).")
+        raise InputError(f"{fn.title_en} needs a mask", value="no mask", fix=Advice(
+            "Connect a MASK (white = edit).",
+            cli="Pass --mask FILE: a black-and-white image of the image's size, white = the area to edit."))
     if has_mask and not fn.needs_mask:
         raise InputError(
             f"{fn.title_en} ({fn.api_name}) takes no mask", value="a mask",
-            fix="Remove the mask, or use Inpaint (description_edit_with_mask) to edit only the masked area.",
+            fix=Advice("Remove the mask, or use Inpaint (description_edit_with_mask) to edit only the masked area.",
+                       cli="Drop --mask, or use `edit description_edit_with_mask` to edit only the masked area."),
         )
+
+
+def merge(requests: Sequence[EditRequest]) -> EditRequest:
+    """Several prepared requests of one edit (same function, prompt and parameters) as one run,
+    their items in order: e.g. the images of a folder, prepared one by one whatever their sizes.
+    The runner sends one task per item, so every image shares the quota at once; only stacking
+    the results into one IMAGE batch needs a single size, so callers that merge hand each item's
+    results over on their own (the CLI writes files). The results' memory bound, checked per
+    request by ``prepare``, is checked again over all of them."""
+    if not requests:
+        raise ValueError("merge needs at least one request")
+    first = requests[0]
+    for other in requests[1:]:
+        if (other.fn, other.prompt, dict(other.parameters)) != (first.fn, first.prompt, dict(first.parameters)):
+            raise ValueError("only requests of the same edit (function, prompt and parameters) run as one")
+    items = tuple(item for request in requests for item in request.items)
+    need = sum(images.result_memory_bytes(first.expected_size(item), count=first.n) for item in items)
+    if need > images.RESULT_MEMORY_BYTES:
+        raise InputError(
+            f"the results of one run must fit in {images.RESULT_MEMORY_BYTES / 2**30:.3g} GiB of memory",
+            value=f"{len(items)} images, n={first.n}: {need / 2**30:.1f} GiB",
+            fix="Send fewer images per run, ask for fewer results (n), or lower the enlargement.")
+    return replace(first, items=items)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import datetime
 import logging
 import threading
 import time
@@ -31,13 +30,28 @@ from . import images
 from .cache import Hit
 from .client import DashScopeClient
 from .errors import (
-    ApiError, CanceledError, DownloadError, Interrupted, SubmitUncertainError, TaskFailedError, WanxError,
+    ApiError,
+    BudgetError,
+    CanceledError,
+    DownloadError,
+    Interrupted,
+    SubmitUncertainError,
+    TaskFailedError,
+    WanxError,
     billed_advice,
 )
 from .functions import ImageSize
-from .journal import RETENTION_S, UNCERTAIN, Claim, Entry, Journal, process_id
+from .journal import RETENTION_S, UNCERTAIN, Claim, Entry, process_id
 from .outcome import (
-    CancelNote, EditOutcome, Fate, ItemResult, ItemState, Progress, Recovered, canceled_error, nothing_came_back,
+    CancelNote,
+    EditOutcome,
+    Fate,
+    ItemResult,
+    ItemState,
+    Progress,
+    Recovered,
+    canceled_error,
+    nothing_came_back,
 )
 from .polling import DEFAULT_POLICY, PollPolicy, wait_for_task
 from .protocol import Submitted, TaskState, TaskStatus
@@ -111,56 +125,29 @@ def run(
                    stop_sending=threading.Event(), owner=process_id())
     started = time.monotonic()
     results = [
-        ItemResult(index=i, sent_size=item.image.sent_size, original_size=item.image.original_size,
-                   expected_size=request.expected_size(item))
+        ItemResult(index=i, sent_size=item.sent_size, original_size=item.original_size,
+                   expected_size=request.expected_size(item), notes=list(item.notes))
         for i, item in enumerate(request.items)
     ]
     reusable = reuse and request.cacheable
-    if store is not None and store.cache is not None and reusable:
-        for item, result in zip(request.items, results, strict=True):
-            _serve_from_cache(store, request.digest(item), result)
-    to_send = [(item, result) for item, result in zip(request.items, results, strict=True) if not result.cached]
-    claims = _claim(request, [item for item, _ in to_send], store=store, owner=ctx.owner, attach=reusable)
-
-    def work(item: Item, result: ItemResult, claim: Claim | None) -> None:
-        try:
-            _run_item(request, item, result, claim, ctx=ctx)
-        except Interrupted:
-            _cancel_own_task(ctx, result, claim)
-        except WanxError as exc:
-            result.error, result.state = exc, ItemState.FAILED
-            if isinstance(exc, ApiError) and (exc.http_status in ACCOUNT_LEVEL_HTTP or exc.code in ACCOUNT_LEVEL_CODES):
-                ctx.stop_sending.set()
-        except Exception as exc:  # a bug must not lose the other images' paid results
-            log.exception("image %d of the batch failed unexpectedly", result.index)
-            result.error = WanxError(f"unexpected {type(exc).__name__}: {exc}", task_id=result.task_id,
-                                     advice=billed_advice(result.task_id) if result.task_id else None)
-            result.state = ItemState.FAILED
+    claims = _claim(request, results, ctx=ctx, reusable=reusable)
+    to_send = [(item, result, claim) for item, result, claim in zip(request.items, results, claims, strict=True)
+               if not result.cached]
 
     def snapshot() -> Progress:
         return Progress(elapsed_s=time.monotonic() - started, states=tuple(r.state for r in results),
                         task_ids=tuple(r.task_id for r in results))
 
+    def heartbeat() -> None:
+        if store is not None:
+            _journal_safely(store.journal.heartbeat, [c.row for c in claims if c and c.attach is None])
+
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(to_send)), thread_name_prefix="wanx-task")
-    futures = [pool.submit(work, item, result, claim) for (item, result), claim in zip(to_send, claims, strict=True)]
-    shown: Progress | None = None
-    beat_at = time.monotonic()
+    futures = [pool.submit(_work, request, item, result, claim, ctx=ctx, reusable=reusable)
+               for item, result, claim in to_send]
     try:
-        while True:
-            current = snapshot()
-            if shown is None or current.states != shown.states or current.task_ids != shown.task_ids \
-                    or current.elapsed_s - shown.elapsed_s >= HEARTBEAT_S:
-                on_progress(current)
-                shown = current
-            if should_cancel():
-                raise Interrupted
-            if all(f.done() for f in futures):
-                break
-            if store is not None and time.monotonic() - beat_at >= JOURNAL_HEARTBEAT_S:
-                beat_at = time.monotonic()
-                _journal_safely(store.journal.heartbeat, [c.row for c in claims if c and c.attach is None])
-            concurrent.futures.wait(futures, timeout=tick_s)
-        on_progress(snapshot())
+        _supervise(futures, snapshot=snapshot, on_progress=on_progress, should_cancel=should_cancel,
+                   heartbeat=heartbeat, tick_s=tick_s)
     except BaseException as exc:
         # Whatever stops us (the user's Cancel, the host cancelling the node, a callback raising),
         # pending tasks are cancelled on the service before we let go.
@@ -179,55 +166,123 @@ def run(
                        items=results, elapsed_s=time.monotonic() - started)
 
 
+def _supervise(futures: Sequence[concurrent.futures.Future[None]], *, snapshot: Callable[[], Progress],
+               on_progress: Callable[[Progress], None], should_cancel: Callable[[], bool],
+               heartbeat: Callable[[], None], tick_s: float) -> None:
+    """On the caller's thread until every image is done: progress at every change and once a
+    second, the cancel check every tick, the journal heartbeat of this run's claims."""
+    shown: Progress | None = None
+    beat_at = time.monotonic()
+    while True:
+        current = snapshot()
+        if shown is None or current.states != shown.states or current.task_ids != shown.task_ids \
+                or current.elapsed_s - shown.elapsed_s >= HEARTBEAT_S:
+            on_progress(current)
+            shown = current
+        if should_cancel():
+            raise Interrupted
+        if all(f.done() for f in futures):
+            break
+        if time.monotonic() - beat_at >= JOURNAL_HEARTBEAT_S:
+            beat_at = time.monotonic()
+            heartbeat()
+        concurrent.futures.wait(futures, timeout=tick_s)
+    on_progress(snapshot())
+
+
+def _work(request: EditRequest, item: Item, result: ItemResult, claim: Claim | None, *, ctx: _Context,
+          reusable: bool) -> None:
+    """One image on its worker thread: every failure ends in the image's result, never lost."""
+    try:
+        _run_item(request, item, result, claim, ctx=ctx, reusable=reusable)
+    except Interrupted:
+        _cancel_own_task(ctx, result, claim)
+    except WanxError as exc:
+        result.error, result.state = exc, ItemState.FAILED
+        if isinstance(exc, ApiError) and (exc.http_status in ACCOUNT_LEVEL_HTTP or exc.code in ACCOUNT_LEVEL_CODES):
+            ctx.stop_sending.set()
+    except Exception as exc:  # a bug must not lose the other images' paid results
+        log.exception("image %d of the batch failed unexpectedly", result.index)
+        result.error = WanxError(f"unexpected {type(exc).__name__}: {exc}", task_id=result.task_id,
+                                 advice=billed_advice(result.task_id) if result.task_id else None)
+        result.state = ItemState.FAILED
+
+
 def _limits(policy: PollPolicy, client: DashScopeClient) -> PollPolicy:
     settings = client.settings
     return policy.within(timeout_s=settings.task_timeout_s, outage_s=settings.poll_outage_s,
                          unknown_grace_s=UNKNOWN_GRACE_S * policy.time_scale)
 
 
-def _claim(request: EditRequest, items: Sequence[Item], *, store: Store | None, owner: str,
-           attach: bool) -> list[Claim | None]:
-    """Journal claims for the images to send, with the budget reserved, in one transaction."""
-    if store is None or not items:
-        return [None] * len(items)
-    midnight = datetime.datetime.now().replace(hour=0, minute=0, second=0, microsecond=0)
-    return list(store.journal.reserve(
-        [request.digest(item) if attach else None for item in items], function=request.fn.api_name,
-        n=request.n, owner=owner, daily_limit=store.daily_image_limit, limit_source=store.limit_source,
-        day_start_s=midnight.timestamp()))
+def _claim(request: EditRequest, results: Sequence[ItemResult], *, ctx: _Context,
+           reusable: bool) -> list[Claim | None]:
+    """Journal claims for every image, with the budget reserved, in one transaction, before anything
+    is sent. Images are hashed and looked up in the cache at their turn (so a big batch starts at
+    once); only when the budget refuses the run are they looked up first, since cached images cost
+    nothing and may bring the run within the limit."""
+    store = ctx.store
+    if store is None:
+        return [None] * len(results)
+
+    def reserve(count: int) -> list[Claim]:
+        return store.reserve(count, function=request.fn.api_name, n=request.n, owner=ctx.owner)
+
+    try:
+        return list(reserve(len(results)))
+    except BudgetError:
+        if not reusable or store.cache is None:
+            raise
+    for item, result in zip(request.items, results, strict=True):
+        _serve_from_cache(store, request.digest(item), result)
+    fresh = iter(reserve(sum(not r.cached for r in results)))
+    return [None if r.cached else next(fresh) for r in results]
 
 
-def _run_item(request: EditRequest, item: Item, result: ItemResult, claim: Claim | None, *, ctx: _Context) -> None:
+def _run_item(request: EditRequest, item: Item, result: ItemResult, claim: Claim | None, *, ctx: _Context,
+              reusable: bool) -> None:
     t0 = time.monotonic()
     result.state = ItemState.QUEUED
-    attached = _attached_task(claim, ctx=ctx) if claim is not None and claim.attach is not None else None
+    store, attached = ctx.store, None
+    # The slot bounds the payloads alive at once: an image is hashed, looked up and encoded at its turn.
+    with ctx.quota.in_flight(ctx.ticker):
+        if ctx.stop_sending.is_set():
+            _release(ctx, claim)
+            raise WanxError("not sent: another image of this batch hit an account-level error")
+        result.timings_s["queued"] = time.monotonic() - t0
+        key = request.digest(item) if store is not None else None
+        if key is not None and reusable and store is not None and _serve_from_cache(store, key, result):
+            _release(ctx, claim)
+            return
+        if key is not None and claim is not None and store is not None:
+            attach_to = store.journal.attach(claim.row, key) if reusable else None
+            if attach_to is None:
+                _journal_safely(store.journal.set, claim.row, digest=key)
+            else:
+                attached = _attached_task(Claim(row=attach_to.row, attach=attach_to), ctx=ctx)
+        if attached is None:
+            result.state = ItemState.SUBMITTING
+            t1 = time.monotonic()
+            payload = item.encode()
+            result.notes.extend(payload.notes)
+            _submit(request, request.body(payload), result, claim, ctx=ctx, key=key)
+            del payload  # the service has it: a big batch holds at most a slot's worth of payloads
+            state = _wait(result, ctx=ctx, submitted_at_s=time.time())
+            result.timings_s["task"] = time.monotonic() - t1
     if attached is not None:
         # An identical seeded edit already has a paid task: deliver its images, pay nothing.
         result.task_id, result.request_id, result.attached = attached.task_id, attached.request_id, True
-        result.state = ItemState.of_task(TaskStatus.parse(attached.status)) \
-            if attached.status in TaskStatus._value2member_map_ else ItemState.PENDING
+        result.state = ItemState.PENDING
         log.info("image %d: attached to task %s of an identical edit; nothing sent", result.index, result.task_id)
         state = _wait(result, ctx=ctx, submitted_at_s=attached.submitted_at)
         result.timings_s["task"] = time.monotonic() - t0
-    else:
-        with ctx.quota.in_flight(ctx.ticker):
-            if ctx.stop_sending.is_set():
-                _release(ctx, claim)
-                raise WanxError("not sent: another image of this batch hit an account-level error")
-            result.timings_s["queued"] = time.monotonic() - t0
-            result.state = ItemState.SUBMITTING
-            t1 = time.monotonic()
-            submitted = _submit(request, item, result, claim, ctx=ctx)
-            state = _wait(result, ctx=ctx, submitted_at_s=time.time())
-            result.timings_s["task"] = time.monotonic() - t1
     _deliver(state, result, ctx=ctx, expected=request.expected_size(item),
-             cache_key=request.digest(item) if request.cacheable else None)
+             cache_key=key if request.cacheable else None)
 
 
-def _submit(request: EditRequest, item: Item, result: ItemResult, claim: Claim | None, *, ctx: _Context) -> Submitted:
+def _submit(request: EditRequest, body: dict[str, object], result: ItemResult, claim: Claim | None, *,
+            ctx: _Context, key: str | None) -> Submitted:
     """Create the task; reconcile an uncertain create with the task list instead of resending blindly."""
     journal = ctx.store.journal if ctx.store is not None else None
-    body = request.body(item)
     for resend in range(RESENDS_AFTER_RECONCILE + 1):
         try:
             submitted = ctx.client.submit(body, ticker=ctx.ticker, quota=ctx.quota)
@@ -258,14 +313,9 @@ def _submit(request: EditRequest, item: Item, result: ItemResult, claim: Claim |
     result.state = ItemState.of_task(submitted.status)
     _KNOWN.add(submitted.task_id)
     log.info("image %d: task %s accepted", result.index, submitted.task_id)
-    if journal is not None:  # before the first poll: from now on a crash cannot lose this paid task
-        if claim is not None:
-            _journal_safely(journal.set, claim.row, task_id=submitted.task_id, request_id=submitted.request_id,
-                            status=submitted.status.value)
-        else:
-            _journal_safely(journal.record_submitted, Entry(
-                task_id=submitted.task_id, function=request.fn.api_name, digest=request.digest(item),
-                submitted_at=time.time(), n=request.n, request_id=submitted.request_id))
+    if journal is not None and claim is not None:  # before the first poll: a crash cannot lose this paid task
+        _journal_safely(journal.set, claim.row, task_id=submitted.task_id, request_id=submitted.request_id,
+                        status=submitted.status.value)
     return submitted
 
 
@@ -452,14 +502,15 @@ def _cached_images(store: Store, key: str) -> tuple[Hit, list[np.ndarray]] | Non
         return None
 
 
-def _serve_from_cache(store: Store, key: str, result: ItemResult) -> None:
-    cached = _cached_images(store, key)
+def _serve_from_cache(store: Store, key: str, result: ItemResult) -> bool:
+    cached = _cached_images(store, key) if store.cache is not None else None
     if cached is None:
-        return
+        return False
     hit, result.images = cached
     result.files, result.cached, result.state = list(hit.files), True, ItemState.DONE
     result.task_id = str(hit.meta.get("task_id") or "") or None
     log.info("image %d: served from the result cache (task %s); nothing sent", result.index, result.task_id)
+    return True
 
 
 def _remember(store: Store, key: str | None, state: TaskState, result: ItemResult) -> None:
@@ -480,6 +531,7 @@ def _remember(store: Store, key: str | None, state: TaskState, result: ItemResul
     _journal_safely(store.journal.update, state.task_id, status=state.status.value,
                     image_count=state.image_count or 0, finished_at=time.time())
     _journal_safely(store.journal.delivered, state.task_id, result.delivered, ok_indices=ok, results=saved)
+    result.files = []  # stored or not needed: a big batch keeps only the decoded images
 
 
 def _cancel_own_task(ctx: _Context, result: ItemResult, claim: Claim | None) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from .errors import ConfigError
+from .errors import Advice, ConfigError
 from .files import atomic_write
 from .functions import PRICE_PER_IMAGE
 
@@ -273,10 +273,14 @@ class BoundKey:
 
 
 NO_KEY = "no DashScope API key is configured"
-NO_KEY_ADVICE = (
+EMULATOR_KEY = "sk-emulator-key"  # the bundled emulator's default key (emulator/rules.py; a test keeps them equal)
+NO_KEY_ADVICE = Advice(
     f"Set {KEY_ENV} in the environment ComfyUI starts from, or put the key alone in ~/.dashscope/api_key. "
     f"{REGION_ADVICE} To try the pack without a key, run the emulator (`wanx-imageedit emulator`) and set "
-    f"{BASE_URL_ENV} to it."
+    f"{BASE_URL_ENV} to it and {KEY_ENV}={EMULATOR_KEY}.",
+    cli=f"Run `export {KEY_ENV}=sk-...` (or put the key alone in ~/.dashscope/api_key). {REGION_ADVICE} "
+    f"To try it without a key, add --emulator (a private emulator, nothing billed), or start "
+    f"`wanx-imageedit emulator` and `export {BASE_URL_ENV}=http://127.0.0.1:8089/api/v1 {KEY_ENV}={EMULATOR_KEY}`.",
 )
 
 

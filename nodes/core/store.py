@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .cache import DEFAULT_MAX_BYTES, ResultCache
 from .errors import BudgetError
-from .journal import Journal
+from .journal import DB_NAME, Claim, Journal
 from .settings import StateSettings
 
 DEFAULT_CLI_DIR = Path("~/.wanx-imageedit")
@@ -41,20 +41,28 @@ class Store:
         if state.cache:
             max_bytes = DEFAULT_MAX_BYTES if state.cache_max_mb is None else int(state.cache_max_mb * 1024 * 1024)
             cache = ResultCache(state.folder / "cache", max_bytes=max_bytes)
-        return cls(folder=state.folder, journal=Journal(state.folder / "journal.json"), cache=cache,
+        return cls(folder=state.folder, journal=Journal(state.folder / DB_NAME), cache=cache,
                    daily_image_limit=state.daily_image_limit, limit_source=state.limit_source)
 
+    def reserve(self, count: int, *, function: str, n: int, owner: str) -> list[Claim]:
+        """Claim ``count`` images of a run and reserve ``n`` billed images each against today's limit,
+        in one transaction shared by every process (BudgetError when over; nothing was sent)."""
+        return self.journal.reserve([None] * count, function=function, n=n, owner=owner,
+                                    daily_limit=self.daily_image_limit, limit_source=self.limit_source,
+                                    day_start_s=day_start_s())
+
     def check_budget(self, *, images: int, now_s: float | None = None) -> None:
-        """Refuse, before sending, a submission that would cross the daily limit."""
+        """Refuse a submission that would cross the daily limit (a check only: `reserve` also claims)."""
         if self.daily_image_limit is None or images == 0:
             return
-        now_s = time.time() if now_s is None else now_s
-        midnight = datetime.datetime.fromtimestamp(now_s).replace(hour=0, minute=0, second=0, microsecond=0)
-        used = self.journal.images_since(midnight.timestamp())
+        used = self.journal.images_since(day_start_s(now_s))
         if used + images > self.daily_image_limit:
-            raise BudgetError(
-                f"this run would send {images} image(s), but {used} of today's limit of "
-                f"{self.daily_image_limit} ({self.limit_source}) are already used or in flight",
-                advice="Nothing was sent. Raise or unset WANX_DAILY_IMAGE_LIMIT / WANX_DAILY_BUDGET, or wait until tomorrow.",
-            )
+            raise BudgetError.over_limit(images=images, used=used, limit=self.daily_image_limit,
+                                         source=self.limit_source)
+
+
+def day_start_s(now_s: float | None = None) -> float:
+    """Local midnight of today: the daily limits count from there."""
+    now = datetime.datetime.fromtimestamp(time.time() if now_s is None else now_s)
+    return now.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
 
