@@ -205,3 +205,13 @@ def test_budget_reservations_are_released_when_the_create_is_refused(emulator, c
     assert store.journal.images_since(time.time() - 60) == 0
     runner.run(colorize(seed=4), client=client, quota=quota, policy=FAST_POLL, store=store)  # the image is free again
     assert counts(emulator) == (1, 1, 1)
+
+
+def test_claims_of_a_run_that_died_before_sending_are_released_not_recovered(emulator, client, quota,
+                                                                            tmp_path) -> None:
+    store = store_in(tmp_path, WANX_DAILY_IMAGE_LIMIT="2")
+    store.journal.reserve([None, None], function="colorization", n=1, owner="dead-host:1:x",
+                          now_s=time.time() - 600)  # a batch of 2 that died waiting for its turn
+    assert store.journal.newest_unrecovered() is None  # nothing was sent, nothing to fetch
+    runner.run(colorize(n=2), client=client, quota=quota, policy=FAST_POLL, store=store)  # the budget is free
+    assert counts(emulator) == (1, 2, 2)

@@ -43,7 +43,8 @@ DB_NAME = "state.db"
 LEGACY_NAME = "journal.json"
 
 # Our own states around a create request, beside the service's task states.
-SUBMITTING = "SUBMITTING"  # claimed, the create request is being sent: its images are reserved
+SUBMITTING = "SUBMITTING"  # claimed and waiting for its turn: its images are reserved, nothing was sent
+SENDING = "SENDING"  # the create request is going out: a crash now leaves an uncertain create
 UNCERTAIN = "UNCERTAIN"  # the create went out and its answer was lost: a paid task may exist
 REFUSED = "REFUSED"  # the service refused the create, or it was never sent: nothing was billed
 ATTACHED = "ATTACHED"  # the image was delivered from another claim's task of the same edit: nothing billed
@@ -96,7 +97,7 @@ class Entry:
     submitted_at: float  # epoch seconds: when the create request was claimed or sent
     n: int  # images asked for: what may be billed until the task ends
     request_id: str | None = None
-    status: str = "PENDING"  # SUBMITTING, UNCERTAIN, REFUSED or the last known TaskStatus value
+    status: str = "PENDING"  # SUBMITTING, SENDING, UNCERTAIN, REFUSED, ATTACHED or the last TaskStatus
     image_count: int | None = None  # billed images, once known
     finished_at: float | None = None
     results: str | None = None  # where the results were saved: "cache:<key>" or "returned to the caller"
@@ -257,8 +258,9 @@ class Journal:
         still keep (an uncertain create counts: the task may exist)."""
         now_s = time.time() if now_s is None else now_s
         for entry in reversed(self.entries()):
-            if entry.status == REFUSED or entry.recovered or now_s - entry.submitted_at >= RETENTION_S + 3 * 3600:
-                continue
+            if entry.status in (REFUSED, SUBMITTING) or entry.recovered \
+                    or now_s - entry.submitted_at >= RETENTION_S + 3 * 3600:
+                continue  # a claim that never sent anything has nothing to recover
             if entry.task_id is None and entry.owner_alive(now_s=now_s):
                 continue  # another process is sending it right now
             return entry
@@ -294,6 +296,9 @@ class Journal:
         BudgetError when the reservations would cross the daily limit. Atomic across processes."""
         now_s = time.time() if now_s is None else now_s
         with self._transaction() as db:
+            # Claims of a run that died before their turn sent nothing: their reservations go back.
+            db.execute("UPDATE tasks SET status = ?, image_count = 0 WHERE status = ? AND "
+                       "(heartbeat_at IS NULL OR heartbeat_at < ?)", (REFUSED, SUBMITTING, now_s - OWNER_STALE_S))
             claims: list[Claim] = []
             mine: set[int] = set()
             for key in digests:

@@ -41,7 +41,7 @@ from .errors import (
     billed_advice,
 )
 from .functions import ImageSize
-from .journal import RETENTION_S, UNCERTAIN, Claim, Entry, process_id
+from .journal import RETENTION_S, SENDING, UNCERTAIN, Claim, Entry, process_id
 from .outcome import (
     CancelNote,
     EditOutcome,
@@ -201,6 +201,8 @@ def _work(request: EditRequest, item: Item, result: ItemResult, claim: Claim | N
         result.error, result.state = exc, ItemState.FAILED
         if isinstance(exc, ApiError) and (exc.http_status in ACCOUNT_LEVEL_HTTP or exc.code in ACCOUNT_LEVEL_CODES):
             ctx.stop_sending.set()
+        if result.task_id is None and not isinstance(exc, SubmitUncertainError):
+            _release(ctx, claim)  # never sent: its reserved images go back (an uncertain one stays counted)
     except Exception as exc:  # a bug must not lose the other images' paid results
         log.exception("image %d of the batch failed unexpectedly", result.index)
         result.error = WanxError(f"unexpected {type(exc).__name__}: {exc}", task_id=result.task_id,
@@ -283,6 +285,8 @@ def _submit(request: EditRequest, body: dict[str, object], result: ItemResult, c
             ctx: _Context, key: str | None) -> Submitted:
     """Create the task; reconcile an uncertain create with the task list instead of resending blindly."""
     journal = ctx.store.journal if ctx.store is not None else None
+    if journal is not None and claim is not None:  # from here a crash leaves an uncertain create
+        _journal_safely(journal.set, claim.row, status=SENDING, submitted_at=time.time())
     for resend in range(RESENDS_AFTER_RECONCILE + 1):
         try:
             submitted = ctx.client.submit(body, ticker=ctx.ticker, quota=ctx.quota)
