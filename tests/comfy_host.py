@@ -36,6 +36,42 @@ def find_host() -> tuple[Path, Path] | str:
     return f"no Python for ComfyUI at {root}/.venv (set COMFYUI_PYTHON to one with ComfyUI's requirements)"
 
 
+def network_namespace() -> tuple[str, str, str] | str:
+    """Another machine, as far as a server here can tell: a network namespace joined to this one by
+    a veth pair. (namespace, this machine's address on the link, the namespace's address), or why
+    there is none (it needs root and iproute2). A server reaches it when it also listens on the
+    second address; remove it with remove_namespace(namespace)."""
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        return "needs root and iproute2 for a network namespace"
+    name = f"wanx{os.getpid() % 100000}"
+    link, subnet = _veth(name), f"10.231.{os.getpid() % 250}"
+    commands = [["ip", "netns", "add", name],
+                ["ip", "link", "add", link + "a", "type", "veth", "peer", "name", link + "b"],
+                ["ip", "link", "set", link + "b", "netns", name],
+                ["ip", "addr", "add", f"{subnet}.1/30", "dev", link + "a"],
+                ["ip", "link", "set", link + "a", "up"],
+                ["ip", "-n", name, "addr", "add", f"{subnet}.2/30", "dev", link + "b"],
+                ["ip", "-n", name, "link", "set", link + "b", "up"],
+                ["ip", "-n", name, "link", "set", "lo", "up"]]
+    for command in commands:
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            remove_namespace(name)
+            return f"could not make a network namespace: {' '.join(command)}: {result.stderr.strip()}"
+    return name, f"{subnet}.1", f"{subnet}.2"
+
+
+def remove_namespace(name: str) -> None:
+    """Remove a namespace made by network_namespace() and its veth pair (either may be gone)."""
+    subprocess.run(["ip", "link", "del", _veth(name) + "a"], capture_output=True, check=False)
+    subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
+
+
+def _veth(namespace: str) -> str:
+    """The veth pair's name without its a/b end (interface names are at most 15 characters)."""
+    return "wx" + namespace.removeprefix("wanx")
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

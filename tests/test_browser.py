@@ -12,7 +12,9 @@ pins) and 1.58.1 (through --front-end-root), each with Nodes 2.0 off, and 1.58.1
   upstream, through a link) and after a run: the text equals what the test computes, with the Python
   core, from the values the panel draws from, and the node's pixels do not change when it is forced
   to redraw;
-- a custom endpoint is shown on the nodes ("→ host");
+- a custom endpoint is shown on the nodes ("→ host"), and the Custom base URL reaches the server
+  once, when the user commits it (Enter, leaving the field), never halfway through typing it (a new
+  endpoint removes the stored key);
 - a browser on another machine (a network namespace) cannot change the key, and the panel shows the
   server's refusal in its own words;
 - the help page opens in the node help panel, in English and Chinese;
@@ -38,7 +40,7 @@ from typing import Any
 import pytest
 import requests
 
-from comfy_host import ComfyHost, find_host
+from comfy_host import ComfyHost, find_host, network_namespace, remove_namespace
 from wanx_imageedit.nodes.authoring import docs
 from wanx_imageedit.nodes.core.errors import InputError
 from wanx_imageedit.nodes.core.functions import (
@@ -134,15 +136,10 @@ def frontend(request: pytest.FixtureRequest) -> FrontEnd:
 @pytest.fixture(scope="module")
 def netns() -> Iterator[tuple[str, str, str] | str]:
     """(namespace, this machine's address on its link, the namespace's address), or why there is none."""
-    try:
-        from test_web_routes import _network_namespace, _remove_namespace
-    except ImportError as exc:  # pragma: no cover - the helpers moved
-        yield f"no network-namespace helper: {exc}"
-        return
-    made = _network_namespace()
+    made = network_namespace()
     yield made
     if not isinstance(made, str):
-        _remove_namespace(made[0], f"wx{os.getpid() % 100000}")
+        remove_namespace(made[0])
 
 
 # --- ComfyUI and the browser --------------------------------------------------------------------------
@@ -907,7 +904,7 @@ def test_another_machine_sees_the_servers_refusal_in_plain_words(playwright: Pla
         def change_currency(currency: str, failures: int) -> None:
             page.evaluate("async (c) => { await app.extensionManager.setting.set('WanxImageEdit.Currency', c); }",
                           currency)
-            for _ in range(50):  # the change is sent once typing would have paused
+            for _ in range(50):  # a chosen option is sent at once: wait for the server's refusal
                 if len(page.wanx_failures) >= failures:  # type: ignore[attr-defined]
                     return
                 page.wait_for_timeout(200)
@@ -957,6 +954,70 @@ def test_the_help_page_opens_in_english_and_chinese(page: Page, host: ComfyHost)
             page.wait_for_timeout(200)
     finally:
         page.evaluate("async () => { await app.extensionManager.setting.set('Comfy.Locale', 'en'); }")
+    _assert_quiet(page)
+
+
+URL_FIELD = '[id="WanxImageEdit.CustomBaseUrl"]'  # the front end's own text field: its id is the setting's
+
+
+def test_a_url_is_sent_once_when_committed_and_a_pause_while_typing_keeps_the_key(
+        page: Page, host: ComfyHost, key_entered: dict, emulator: Emulator) -> None:
+    """The front end changes a text setting at every key, and half a URL (https://gate) is already an
+    endpoint the server accepts, which would remove the stored key. Typed with a pause in the
+    middle, a URL reaches the server once, whole, when it is committed: with Enter, then by leaving
+    the field (Tab). Counted at the page's requests."""
+    assert key_entered["ok"] == "true"
+    assert _status(host)["stored_key_base_url"] == emulator.base_url
+    posts: list[Any] = []
+
+    def record(request: Any) -> None:
+        if request.method == "POST" and request.url.endswith("/wanx_imageedit/settings"):
+            posts.append(request.post_data_json)
+
+    def wait_stored(url: str) -> None:
+        page.wait_for_function("(url) => window.wanxImageEdit.state.status?.stored_base_url === url", arg=url)
+
+    gateway = "https://gateway.example.com/api/v1"
+    page.on("request", record)
+    try:
+        page.evaluate("() => app.extensionManager.command.execute('Comfy.ShowSettingsDialog')")
+        page.get_by_text("Wanx Image Edit", exact=True).first.click()
+        field = page.locator(f"input{URL_FIELD}, {URL_FIELD} input").first
+        assert field.input_value() == emulator.base_url
+        field.fill("")
+        field.press_sequentially("https://gate", delay=60)
+        page.wait_for_timeout(3000)  # a pause: well over the 1.2 s after which the panel used to send it
+        status = _status(host)
+        assert posts == [] and (status["stored_key"], status["stored_base_url"]) == (True, emulator.base_url)
+        field.press_sequentially("way.example.com/api/v1", delay=40)
+        field.press("Enter")
+        wait_stored(gateway)
+        result = page.locator("[data-wanx=result]")
+        result.filter(has_text="The key saved in these settings was removed").wait_for()  # the rule, said
+        status = _status(host)
+        assert (status["stored_key"], status["base_url"]) == (False, gateway), status
+        _shot(page, "settings_endpoint_committed_with_enter")
+        # Leaving the field commits too; the way back to the emulator, typed with a pause again.
+        field.fill("")
+        field.press_sequentially("http://127.0.0.1", delay=60)  # a loopback endpoint of its own
+        page.wait_for_timeout(3000)
+        assert posts == [{"base_url": gateway}] and _status(host)["stored_base_url"] == gateway
+        field.press_sequentially(emulator.base_url.removeprefix("http://127.0.0.1"), delay=40)
+        field.press("Tab")
+        wait_stored(emulator.base_url)
+        page.locator("[data-wanx=key-input]").fill(SECRET)  # saved again, for the endpoint now in use
+        page.locator("[data-wanx=save]").click()
+        result.filter(has_text=f"goes only to {emulator.base_url}").wait_for()
+        page.keyboard.press("Escape")  # closing the dialog commits nothing new
+        page.locator("[data-wanx=key-input]").wait_for(state="detached")
+        page.wait_for_timeout(1500)
+    finally:
+        page.remove_listener("request", record)
+    assert posts == [{"base_url": gateway}, {"base_url": emulator.base_url}], posts
+    status = _status(host)
+    assert (status["key_source"], status["stored_key_base_url"], status["base_url"]) == (
+        "settings", emulator.base_url, emulator.base_url), status
+    assert requests.post(host.url + "/wanx_imageedit/test", json={}, timeout=30).json()["ok"] is True
     _assert_quiet(page)
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import stat
 import subprocess
 import sys
@@ -23,10 +22,11 @@ from pathlib import Path
 
 import pytest
 import requests
-from capture_server import CaptureServer
-from comfy_host import ComfyHost, find_host, free_port, load_workflow, ui_to_api
-from conftest import TEST_KEY
 from PIL import Image
+
+from capture_server import CaptureServer
+from comfy_host import ComfyHost, find_host, free_port, load_workflow, network_namespace, remove_namespace, ui_to_api
+from conftest import TEST_KEY
 from wanx_imageedit.nodes.authoring import docs
 from wanx_imageedit.nodes.core.functions import FUNCTIONS, PRICE_PER_IMAGE, node_inputs
 from wanx_imageedit.nodes.emulator import Emulator
@@ -272,38 +272,12 @@ def test_the_environment_wins_over_stored_settings(env_host: ComfyHost, emulator
 # --- issue 14: the two-request attack, from this machine and from another ---------------------------
 
 
-def _network_namespace() -> tuple[str, str, str] | str:
-    """(namespace, address of this machine on its link, the namespace's address), or why not."""
-    if os.geteuid() != 0 or shutil.which("ip") is None:
-        return "needs root and iproute2 for a network namespace"
-    name, link = f"wanx{os.getpid() % 100000}", f"wx{os.getpid() % 100000}"
-    subnet = f"10.231.{os.getpid() % 250}"
-    commands = [["ip", "netns", "add", name], ["ip", "link", "add", link + "a", "type", "veth", "peer", "name",
-                                               link + "b"],
-                ["ip", "link", "set", link + "b", "netns", name], ["ip", "addr", "add", f"{subnet}.1/30", "dev",
-                                                                  link + "a"],
-                ["ip", "link", "set", link + "a", "up"], ["ip", "-n", name, "addr", "add", f"{subnet}.2/30", "dev",
-                                                         link + "b"],
-                ["ip", "-n", name, "link", "set", link + "b", "up"], ["ip", "-n", name, "link", "set", "lo", "up"]]
-    for command in commands:
-        result = subprocess.run(command, capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            _remove_namespace(name, link)
-            return f"could not make a network namespace: {' '.join(command)}: {result.stderr.strip()}"
-    return name, f"{subnet}.1", f"{subnet}.2"
-
-
-def _remove_namespace(name: str, link: str) -> None:
-    subprocess.run(["ip", "link", "del", link + "a"], capture_output=True, check=False)
-    subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
-
-
 @pytest.fixture(scope="module")
 def netns() -> Iterator[tuple[str, str, str] | str]:
-    made = _network_namespace()
+    made = network_namespace()
     yield made
     if not isinstance(made, str):
-        _remove_namespace(made[0], f"wx{os.getpid() % 100000}")
+        remove_namespace(made[0])
 
 
 @pytest.fixture(scope="module")

@@ -264,6 +264,7 @@ export function createExtension({ app, api, doc = globalThis.document }) {
     async setup() {
       installStyles(doc);
       listen();
+      sync.watch(); // the Custom base URL field's commits (Enter, leaving it)
       await Promise.all([loadMessages(), refreshStatus()]);
       await sync.adopt(state.status);
       for (const node of allNodes()) watchNode(node);

@@ -5,8 +5,9 @@
 // It never enters ComfyUI's settings store (comfy.settings.json, mirrored to the browser), a
 // workflow or browser storage. Endpoint and currency are ordinary settings; the server's
 // settings.json is what the nodes use, so the panel takes the server's values at start-up and sends
-// only the changes the user makes (a new endpoint makes the server forget the stored key, and the
-// panel says so). The server refuses changes from other machines (403): the panel shows its words.
+// only the changes the user commits (a new endpoint makes the server remove the stored key, and the
+// panel says so; hence a URL is sent once it is committed, never halfway through typing it). The
+// server refuses changes from other machines (403): the panel shows its words.
 // Nothing happens at import: the extension passes in what the panel needs (`ctx`).
 
 import { customEndpoint } from "./graph.js";
@@ -19,7 +20,6 @@ export const SETTING_IDS = {
   currency: "WanxImageEdit.Currency",
 };
 const CATEGORY = ["Wanx Image Edit", "DashScope"];
-const PUSH_DELAY_MS = 1200; // typing a URL changes the setting at every key: send it once typing pauses
 
 /** The settings as data (the English texts equal locales/en/settings.json; a test checks it). */
 export const SETTING_DEFS = [
@@ -168,7 +168,7 @@ export function keyElement(ctx) {
       return;
     }
     input.value = ""; // the key leaves the page now; nothing keeps it
-    await ctx.flushSettings(); // the key is bound to the endpoint in use: send a pending endpoint first
+    await ctx.flushSettings(); // the key is bound to the endpoint in use: the server must have it first
     const answer = await ctx.call("POST", "/key", { api_key: key });
     state.setStatus(answer);
     done(answer?.message ?? msg("key_saved"));
@@ -198,55 +198,59 @@ export function keyElement(ctx) {
   return root;
 }
 
-/** Worth sending as a base URL: empty (China (Beijing)) or an http(s) URL with a host. The server
- *  checks it for real; this only keeps a URL that is still being typed at home. */
-export function sendableUrl(url) {
-  if (url === "") return true;
-  try {
-    const u = new URL(url);
-    return (u.protocol === "https:" || u.protocol === "http:") && !!u.hostname;
-  } catch {
-    return false;
-  }
-}
-
 /**
- * Endpoint and currency: forwarded to the server when the user changes them, taken from the
- * server at start-up. @param ctx {state, call, settingGet(id), settingSet(id, value), toast(severity, text)}
+ * Endpoint and currency: sent to the server when the user commits a change, taken from the server
+ * at start-up. @param ctx {doc, state, call, refreshStatus(), settingGet(id), settingSet(id, value),
+ * toast(severity, text)}
+ *
+ * A combo is committed when an option is chosen. "Custom base URL" is a text field whose setting
+ * the front end changes at every key (1.27 and 1.58 alike), and a pause in the middle of a URL
+ * (https://gate) is already a valid endpoint, which would make the server remove the stored key. So
+ * the URL is sent only when it is committed: on the field's native `change` event (Enter, or the
+ * field losing focus: Tab, a click elsewhere, closing the dialog), or when Custom base URL is
+ * chosen as the Endpoint. A change made through the settings API, not typed, is committed at once.
  */
 export function createSettingsSync(ctx) {
   let ready = false; // before the first status, onChange only reports registration
   let applying = false; // our own writes while taking the server's values
-  let timer = null;
-  const pending = new Set();
+  let committed = null; // the base_url the server was last given or had at start-up (null: unknown)
+  let queue = Promise.resolve(); // one request at a time, answered in order
 
-  async function push() {
-    clearTimeout(timer);
-    const fields = [...pending];
-    pending.clear();
-    const body = {};
-    if (fields.includes("base_url")) {
-      const custom = ctx.settingGet(SETTING_IDS.endpoint) === "custom";
-      const url = custom ? String(ctx.settingGet(SETTING_IDS.customUrl) ?? "").trim() : "";
-      // Custom with no URL yet, or half a URL: wait for the rest (a new endpoint forgets the stored key).
-      if (!(custom && !url) && sendableUrl(url)) body.base_url = url;
-    }
-    if (fields.includes("currency")) body.currency = ctx.settingGet(SETTING_IDS.currency) ?? "CNY";
-    if (Object.keys(body).length === 0) return;
+  /** What the Endpoint settings say now: "" for China (Beijing), null while Custom has no URL yet. */
+  function endpointNow() {
+    if (ctx.settingGet(SETTING_IDS.endpoint) !== "custom") return "";
+    return String(ctx.settingGet(SETTING_IDS.customUrl) ?? "").trim() || null;
+  }
+
+  function send(body) {
+    queue = queue.then(() => post(body));
+    return queue;
+  }
+
+  async function post(body) {
     const hadKey = !!ctx.state.status?.stored_key;
     try {
       const answer = await ctx.call("POST", "/settings", body);
       ctx.state.setStatus(answer);
       const message = String(answer?.message ?? "").trim();
       if (hadKey && !answer?.stored_key) {
-        notify(message, "warn"); // the server forgot the key saved for the old endpoint
+        notify(message, "warn"); // the server removed the key saved for the old endpoint
       } else if (message && message !== "Saved.") {
         notify(message, "");
       }
     } catch (error) {
+      if ("base_url" in body) committed = null; // what the server has is not known: the next commit sends
       notify(error.status ? error.message : ctx.state.msg("request_failed", { message: error.message }), "error");
       await ctx.refreshStatus(); // show what the server really uses
     }
+  }
+
+  /** Send the endpoint the settings say, unless the server has it already (or Custom has no URL). */
+  function commitEndpoint() {
+    const url = endpointNow();
+    if (!ready || url === null || url === committed) return queue;
+    committed = url;
+    return send({ base_url: url });
   }
 
   function notify(text, tone) {
@@ -254,14 +258,27 @@ export function createSettingsSync(ctx) {
     ctx.state.changed("notice", { text, tone });
   }
 
+  const isUrlField = (element) => !!element?.closest?.(`[id="${SETTING_IDS.customUrl}"]`);
+  // 1.27 calls onChange before it stores the new value: read the settings once it has.
+  const later = (action) => setTimeout(() => void action(), 0);
+
+  /** The onChange handler of one setting. The store calls onChange once at registration with no old
+   *  value: not a user's change. */
   function changed(field) {
     return (newValue, oldValue) => {
-      // The store calls onChange once at registration with no old value: not a user's change.
       if (!ready || applying || oldValue === undefined) return;
-      pending.add(field);
-      clearTimeout(timer);
-      timer = setTimeout(() => void push(), PUSH_DELAY_MS);
+      if (field === "currency") later(() => send({ currency: ctx.settingGet(SETTING_IDS.currency) ?? "CNY" }));
+      else if (field === "endpoint") later(commitEndpoint);
+      else if (!isUrlField(ctx.doc.activeElement)) later(commitEndpoint); // set, not typed: it is whole
+      // Typed into the field: it is sent when committed (watch()).
     };
+  }
+
+  /** Listen for the URL field's commits (the dialog makes a new field each time it opens). */
+  function watch() {
+    ctx.doc.addEventListener("change", (event) => {
+      if (isUrlField(event.target)) void commitEndpoint();
+    }, true);
   }
 
   /** Make ComfyUI's copies of endpoint and currency show what the server uses. */
@@ -269,9 +286,7 @@ export function createSettingsSync(ctx) {
     if (!status) return;
     const wanted = [];
     const stored = status.stored_base_url ?? "";
-    const custom = ctx.settingGet(SETTING_IDS.endpoint) === "custom";
-    const current = custom ? String(ctx.settingGet(SETTING_IDS.customUrl) ?? "") : "";
-    if (endpointKey(current) !== endpointKey(stored)) {
+    if (endpointKey(endpointNow() ?? "") !== endpointKey(stored)) {
       wanted.push([SETTING_IDS.endpoint, stored ? "custom" : "beijing"]);
       if (stored) wanted.push([SETTING_IDS.customUrl, stored]);
     }
@@ -287,21 +302,23 @@ export function createSettingsSync(ctx) {
       applying = false;
       ready = true;
     }
+    committed = endpointNow() ?? "";
   }
 
-  /** Send a change that is still waiting (before the key is saved: it is bound to the endpoint). */
-  async function flush() {
-    if (pending.size) await push();
+  /** Before the key is saved (it is bound to the endpoint in use): a commit not sent yet, then every
+   *  request still under way. */
+  function flush() {
+    return commitEndpoint();
   }
 
-  return { changed, adopt, flush };
+  return { changed, watch, adopt, flush };
 }
 
 /** The setting definitions ComfyUI registers, with the panel's renderer and change handlers. */
 export function settingsFor(ctx, sync) {
   const handlers = {
-    [SETTING_IDS.endpoint]: sync.changed("base_url"),
-    [SETTING_IDS.customUrl]: sync.changed("base_url"),
+    [SETTING_IDS.endpoint]: sync.changed("endpoint"),
+    [SETTING_IDS.customUrl]: sync.changed("url"),
     [SETTING_IDS.currency]: sync.changed("currency"),
   };
   return SETTING_DEFS.map((def) => {
