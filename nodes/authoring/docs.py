@@ -61,23 +61,26 @@ SETTINGS: Mapping[str, Setting] = {
     "WanxImageEdit.ApiKey": Setting(
         Text("DashScope API key (China (Beijing))", "DashScope API 密钥（中国北京）"),
         Text("Stored on the ComfyUI server in its user directory (owner-only file), never in workflows, images or "
-             "the browser. DASHSCOPE_API_KEY in the environment wins over it.",
-             "保存在 ComfyUI 服务器的用户目录中（仅所有者可读的文件），不会写入工作流、图片或浏览器。"
-             "环境变量 DASHSCOPE_API_KEY 优先于此处保存的密钥。"),
+             "the browser, and sent only to the endpoint saved with it. DASHSCOPE_API_KEY in the environment wins "
+             "over it.",
+             "保存在 ComfyUI 服务器的用户目录中（仅所有者可读的文件），不会写入工作流、图片或浏览器，"
+             "且只发送到与它一起保存的服务地址。环境变量 DASHSCOPE_API_KEY 优先于此处保存的密钥。"),
     ),
     "WanxImageEdit.Endpoint": Setting(
         Text("Endpoint", "服务地址"),
         Text("China (Beijing) is the only region with wanx2.1-imageedit. Choose a custom base URL for a gateway "
-             "or the local emulator. DASHSCOPE_HTTP_BASE_URL in the environment wins.",
+             "or the local emulator. Changing it removes a key saved here (save the key again); a key from the "
+             "environment or a key file is never redirected. DASHSCOPE_HTTP_BASE_URL in the environment wins.",
              "wanx2.1-imageedit 仅在中国（北京）地域提供。使用网关或本地模拟器时选择自定义地址。"
+             "更改后此处保存的密钥会被删除（请重新保存密钥）；来自环境变量或密钥文件的密钥不会被转发到新地址。"
              "环境变量 DASHSCOPE_HTTP_BASE_URL 优先。"),
         {"China (Beijing)": "中国（北京）", "Custom base URL": "自定义地址"},
     ),
     "WanxImageEdit.CustomBaseUrl": Setting(
         Text("Custom base URL", "自定义服务地址"),
-        Text("Used when Endpoint is 'Custom base URL', e.g. https://gateway.example.com/api/v1. Plain http only "
-             "to loopback; the international endpoint is refused.",
-             "当服务地址为“自定义地址”时使用，例如 https://gateway.example.com/api/v1。"
+        Text("Used when Endpoint is 'Custom base URL', e.g. https://gateway.example.com/api/v1; sent when you "
+             "press Enter or leave the field. Plain http only to loopback; the international endpoint is refused.",
+             "当服务地址为“自定义地址”时使用，例如 https://gateway.example.com/api/v1；按回车或离开输入框时提交。"
              "http 仅限本机地址；国际站地址会被拒绝。"),
     ),
     "WanxImageEdit.Currency": Setting(
@@ -126,8 +129,8 @@ MESSAGES: Mapping[str, Text] = {
     "endpoint_source_default": Text("default", "默认"),
     "endpoint_source_settings": Text("from these settings", "来自此设置"),
     "endpoint_source_environment": Text("DASHSCOPE_HTTP_BASE_URL wins", "环境变量 DASHSCOPE_HTTP_BASE_URL 优先"),
-    "lan_note": Text("Anyone who can reach this ComfyUI can replace the key, but no one can read it back.",
-                 "能访问此 ComfyUI 的人都可以替换密钥，但任何人都无法读回密钥。"),
+    "lan_note": Text("Only this machine can change the key or the endpoint, and no one can read the key back.",
+                 "只有本机可以更改密钥或服务地址，任何人都无法读回密钥。"),
     "request_failed": Text("Failed: {message}", "失败：{message}"),
 }
 

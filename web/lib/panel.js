@@ -26,20 +26,22 @@ export const SETTING_DEFS = [
   {
     id: SETTING_IDS.key, category: [...CATEGORY, "ApiKey"], sortOrder: 40, name: "DashScope API key (China (Beijing))",
     tooltip: "Stored on the ComfyUI server in its user directory (owner-only file), never in workflows, images or " +
-      "the browser. DASHSCOPE_API_KEY in the environment wins over it.",
+      "the browser, and sent only to the endpoint saved with it. DASHSCOPE_API_KEY in the environment wins " +
+      "over it.",
     type: "custom", defaultValue: "",
   },
   {
     id: SETTING_IDS.endpoint, category: [...CATEGORY, "Endpoint"], sortOrder: 30, name: "Endpoint",
     tooltip: "China (Beijing) is the only region with wanx2.1-imageedit. Choose a custom base URL for a gateway " +
-      "or the local emulator. DASHSCOPE_HTTP_BASE_URL in the environment wins.",
+      "or the local emulator. Changing it removes a key saved here (save the key again); a key from the " +
+      "environment or a key file is never redirected. DASHSCOPE_HTTP_BASE_URL in the environment wins.",
     type: "combo", defaultValue: "beijing",
     options: [{ text: "China (Beijing)", value: "beijing" }, { text: "Custom base URL", value: "custom" }],
   },
   {
     id: SETTING_IDS.customUrl, category: [...CATEGORY, "CustomBaseUrl"], sortOrder: 20, name: "Custom base URL",
-    tooltip: "Used when Endpoint is 'Custom base URL', e.g. https://gateway.example.com/api/v1. Plain http only " +
-      "to loopback; the international endpoint is refused.",
+    tooltip: "Used when Endpoint is 'Custom base URL', e.g. https://gateway.example.com/api/v1; sent when you " +
+      "press Enter or leave the field. Plain http only to loopback; the international endpoint is refused.",
     type: "text", defaultValue: "",
   },
   {
