@@ -3,6 +3,8 @@ working tree (never as a top-level `nodes`, which is ComfyUI's), whether or not 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pack_import import register_pack
 
 register_pack()
@@ -60,3 +62,40 @@ def box_mask(*, width_px: int = 512, height_px: int = 512) -> torch.Tensor:
     mask = torch.zeros((1, height_px, width_px))
     mask[:, height_px // 4: height_px // 2, width_px // 4: width_px // 2] = 1.0
     return mask
+
+
+# --- the home folder stays untouched ------------------------------------------------------------
+# No test may write outside its tmp folders: the pack's state and the SDK's key file in the home
+# folder are snapshotted when the session starts and compared when it ends.
+GUARDED_HOME_DIRS = (".wanx-imageedit", ".dashscope")
+
+
+def home_state(home: Path) -> dict[str, object]:
+    """Per guarded folder: None when absent, else every entry below it with its size and mtime."""
+    state: dict[str, object] = {}
+    for name in GUARDED_HOME_DIRS:
+        root = home / name
+        if not root.exists():
+            state[name] = None
+            continue
+        entries = []
+        for path in sorted(root.rglob("*")):
+            info = path.stat()
+            entries.append((str(path.relative_to(root)), path.is_dir(), 0 if path.is_dir() else info.st_size,
+                            info.st_mtime_ns))
+        state[name] = entries
+    return state
+
+
+@pytest.fixture(scope="session", autouse=True)
+def home_folder_untouched():
+    home = Path.home()
+    before = home_state(home)
+    yield
+    after = home_state(home)
+    changed = [name for name in GUARDED_HOME_DIRS if before[name] != after[name]]
+    if changed:
+        pytest.fail(f"the test session changed {', '.join(str(home / name) for name in changed)} "
+                    f"(before: {[before[n] for n in changed]}, after: {[after[n] for n in changed]}); "
+                    "a test wrote outside its tmp folder (set WANX_STATE_DIR and HOME for subprocesses)",
+                    pytrace=False)

@@ -6,13 +6,13 @@ import logging
 from pathlib import Path
 
 import pytest
-from conftest import FAST_POLL, TEST_KEY, photo
 
+from conftest import FAST_POLL, TEST_KEY, photo
 from wanx_imageedit.nodes import cli
 from wanx_imageedit.nodes.core import runner
-from wanx_imageedit.nodes.core.request import prepare
 from wanx_imageedit.nodes.core.errors import WanxError
 from wanx_imageedit.nodes.core.functions import lookup
+from wanx_imageedit.nodes.core.request import prepare
 
 
 def test_the_key_leaks_nowhere(emulator, client, quota, caplog, tmp_path: Path, capsys, monkeypatch) -> None:
@@ -29,11 +29,14 @@ def test_the_key_leaks_nowhere(emulator, client, quota, caplog, tmp_path: Path, 
         texts += [str(caught.value), repr(caught.value)]
     monkeypatch.setenv("DASHSCOPE_API_KEY", TEST_KEY)
     monkeypatch.setenv("DASHSCOPE_HTTP_BASE_URL", emulator.base_url)
+    monkeypatch.setenv("WANX_STATE_DIR", str(tmp_path / "state"))  # the journal and cache stay in tmp
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
     (tmp_path / "in.png").write_bytes(_png())
     assert cli.main(["edit", "colorization", "--image", str(tmp_path / "in.png"), "--out", str(tmp_path / "out")]) == 0
     captured = capsys.readouterr()
     texts += [captured.out, captured.err, caplog.text]
     texts += [p.read_bytes().decode("latin-1") for p in (tmp_path / "out").iterdir()]
+    texts += [p.read_bytes().decode("latin-1") for p in (tmp_path / "state").rglob("*") if p.is_file()]
     assert texts and not any(TEST_KEY in text for text in texts)
     assert all(r.auth_valid for r in emulator.requests if r.route in ("create", "query"))
 

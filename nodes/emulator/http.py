@@ -15,6 +15,8 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 from xml.sax.saxutils import escape
 
+# Every answer carries it: the pack's client notes it and its reports say the run was emulated.
+EMULATOR_HEADER = "X-Wanx-Emulator"
 # Two base64 images of at most 10 MiB each, plus JSON; anything far bigger is not a real request.
 MAX_BODY_BYTES = 64 * 1024 * 1024
 
@@ -144,6 +146,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
         self.send_response(reply.status)
         self.send_header("Content-Type", reply.content_type)
         self.send_header("Content-Length", str(reply.declared_length or len(reply.body)))
+        self.send_header(EMULATOR_HEADER, "1")  # clients can tell (and report) that nothing real was billed
         if self.close_connection:
             self.send_header("Connection", "close")
         try:

@@ -103,8 +103,28 @@ def _masked_edit(image: Image.Image, mask: DecodedImage, tint: tuple[int, ...], 
         result = image.copy()
         _stamp(result, label, origin=(0, 0))
         return result
-    _stamp(edited, label, origin=(box[0], box[1]))
+    text, origin, size_px = _inside(region, label, box=box)
+    _stamp(edited, text, origin=origin, size_px=size_px)
     return Image.composite(edited, image, region)
+
+
+def _inside(region: Image.Image, label: str, *,
+            box: tuple[int, int, int, int]) -> tuple[str, tuple[int, int], int]:
+    """Where the stamp fits wholly inside the white area (the mask would clip it anywhere else):
+    the whole label at a readable size if it fits, else "EMULATED" alone at the largest size that
+    fits, scanning the area's bounding box; the box's corner when nothing fits (a sliver of a mask)."""
+    draw = ImageDraw.Draw(region)
+    largest = _stamp_font_px(region.size)
+    tries = [(label, size) for size in range(largest, 13, -2)] + [("EMULATED", size) for size in range(largest, 9, -2)]
+    for text, size_px in tries:
+        _, _, text_w, text_h = draw.multiline_textbbox((0, 0), text, font=_font(size_px))
+        width_px, height_px = text_w + 2 * _STAMP_PAD_PX, text_h + 2 * _STAMP_PAD_PX
+        step_px = max(4, size_px // 2)
+        for y in range(box[1], box[3] - height_px + 1, step_px):
+            for x in range(box[0], box[2] - width_px + 1, step_px):
+                if region.crop((x, y, x + width_px + 1, y + height_px + 1)).getextrema() == (255, 255):
+                    return text, (x, y), size_px
+    return "EMULATED", (box[0], box[1]), 10
 
 
 def _remove_watermark(image: Image.Image, params: Mapping[str, Any], tint: tuple[int, ...]) -> Image.Image:
@@ -167,14 +187,26 @@ def _font(size_px: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
         return ImageFont.load_default()
 
 
-def _stamp(image: Image.Image, text: str, *, origin: tuple[int, int]) -> None:
+_STAMP_PAD_PX = 6
+
+
+def _stamp_font_px(size: tuple[int, int]) -> int:
+    return max(12, min(size) // 24)
+
+
+def _stamp(image: Image.Image, text: str, *, origin: tuple[int, int], size_px: int | None = None) -> None:
+    """A black box with the text; the font shrinks until the box fits inside the canvas."""
     draw = ImageDraw.Draw(image)
-    font = _font(max(12, min(image.size) // 24))
-    pad_px = 6
     x, y = origin
-    _, _, right, bottom = draw.multiline_textbbox((x + pad_px, y + pad_px), text, font=font)
-    draw.rectangle((x, y, right + pad_px, bottom + pad_px), fill=(0, 0, 0))
-    draw.multiline_text((x + pad_px, y + pad_px), text, font=font, fill=(255, 255, 255))
+    size_px = size_px or _stamp_font_px(image.size)
+    while True:
+        font = _font(size_px)
+        _, _, right, bottom = draw.multiline_textbbox((x + _STAMP_PAD_PX, y + _STAMP_PAD_PX), text, font=font)
+        if size_px <= 8 or (right + _STAMP_PAD_PX < image.width and bottom + _STAMP_PAD_PX < image.height):
+            break
+        size_px -= 1
+    draw.rectangle((x, y, right + _STAMP_PAD_PX, bottom + _STAMP_PAD_PX), fill=(0, 0, 0))
+    draw.multiline_text((x + _STAMP_PAD_PX, y + _STAMP_PAD_PX), text, font=font, fill=(255, 255, 255))
 
 
 def _watermark(image: Image.Image) -> None:
