@@ -50,7 +50,6 @@ EXIT_BUG = 1
 EXIT_ERROR = 2  # a user error, a refusal, a failed run: nothing more to do than the message says
 EXIT_INTERRUPTED = 130  # the shells' convention for Ctrl-C
 HEARTBEAT_S = 10.0  # when stderr is not a terminal, the status line is repeated this often
-FETCH_QUERY_EVERY_S = 2.0
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -799,9 +798,17 @@ def _fetch(task_id: str | None, out: Path, term: Terminal) -> int:
     _make_folder(out)
     assert engine.store is not None
     entry = engine.store.journal.find(task_id) if task_id else engine.store.journal.newest_unrecovered()
-    shown = task_id or (entry.task_id if entry is not None else None)
-    with _interruptible() as stop, _FetchWatch(term, engine.client, shown):
-        recovered = engine.recover(task_id, should_cancel=stop.is_set)
+    name = f"task {task_id or entry.task_id}" if task_id or (entry and entry.task_id) else "the newest unsaved task"
+
+    def show(progress: Progress) -> None:
+        state = progress.states[0].value
+        term.status(f"fetching {name}: {state}, {progress.elapsed_s:.0f} s", key=state)
+
+    try:
+        with _interruptible() as stop:
+            recovered = engine.recover(task_id, should_cancel=stop.is_set, on_progress=show)
+    finally:
+        term.end(None)
     paths = []
     for i, array in enumerate(recovered.images):
         path = out / f"{recovered.task_id}_{i}.png"
@@ -816,36 +823,3 @@ def _fetch(task_id: str | None, out: Path, term: Terminal) -> int:
     for path in paths:
         print(f"  {path}")
     return 0
-
-
-class _FetchWatch:
-    """The status line while `fetch` waits: the task's state and the elapsed time. runner.recover
-    reports no progress yet, so the state comes from a status query of our own every
-    FETCH_QUERY_EVERY_S (free, well within the task API's rate)."""
-
-    def __init__(self, term: Terminal, client: DashScopeClient, task_id: str | None) -> None:
-        self._term, self._client, self._task_id = term, client, task_id
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True, name="wanx-fetch-status")
-
-    def __enter__(self) -> _FetchWatch:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=2.0)
-        self._term.end(None)
-
-    def _watch(self) -> None:
-        started = time.monotonic()
-        state, next_query_at = "waiting for the service", started + 1.0
-        name = f"task {self._task_id}" if self._task_id else "the newest unsaved task"
-        while not self._stop.wait(0.25):
-            now = time.monotonic()
-            if self._task_id and now >= next_query_at:
-                with contextlib.suppress(WanxError):
-                    state = self._client.query(self._task_id).status.value
-                next_query_at = now + FETCH_QUERY_EVERY_S
-            if not self._stop.is_set():
-                self._term.status(f"fetching {name}: {state}, {now - started:.0f} s", key=state)

@@ -126,6 +126,13 @@ def _run(request: EditRequest, *, reuse: bool, context: ExecutionContext | None,
         outcome = wired.run(request, reuse=reuse, on_progress=show, should_cancel=should_cancel)
         return outcome, wired.settings
     except CanceledError as exc:
+        # ComfyUI drops the node's output on an interruption: images that had already arrived were
+        # billed but never shown, so the journal offers them to the Fetch node again.
+        arrived = exc.outcome.items if isinstance(exc.outcome, EditOutcome) else []
+        if wired.store is not None:
+            for item in arrived:
+                if item.task_id and not item.cached:
+                    wired.store.journal.undeliver(item.task_id, item.delivered)
         # Tell the artist which tasks were cancelled and which will still be billed, then let
         # ComfyUI handle it as the interruption it is.
         log.warning("%s", exc)

@@ -138,7 +138,8 @@ def test_an_identical_seeded_edit_attaches_to_the_task_in_flight(emulator, clien
     store = store_in(tmp_path, WANX_CACHE="off")
     request = colorize()
     # A run that died after its task was accepted: its claim and task are in the journal, nothing delivered.
-    (claim,) = store.journal.reserve([request.digest(request.items[0])], function="colorization", n=1,
+    key = request.digest(request.items[0], endpoint=client.settings.base_url)
+    (claim,) = store.journal.reserve([key], function="colorization", n=1,
                                      owner="dead-host:1:x")
     submitted = client.submit(request.body(request.items[0].encode()), ticker=runner.Ticker(), quota=quota)
     store.journal.set(claim.row, task_id=submitted.task_id, status=submitted.status.value, heartbeat_at=0.0)
@@ -215,3 +216,35 @@ def test_claims_of_a_run_that_died_before_sending_are_released_not_recovered(emu
     assert store.journal.newest_unrecovered() is None  # nothing was sent, nothing to fetch
     runner.run(colorize(n=2), client=client, quota=quota, policy=FAST_POLL, store=store)  # the budget is free
     assert counts(emulator) == (1, 2, 2)
+
+
+def test_a_result_of_one_endpoint_is_never_served_for_another(emulator, client, quota, tmp_path) -> None:
+    from conftest import TEST_KEY, settings_for
+    from wanx_imageedit.nodes.core.client import DashScopeClient
+    from wanx_imageedit.nodes.emulator import Emulator
+
+    store = store_in(tmp_path)
+    runner.run(colorize(), client=client, quota=quota, policy=FAST_POLL, store=store)  # cached for this endpoint
+    with Emulator(api_keys=(TEST_KEY,), running_s=(0.1, 0.15)) as other:
+        again = runner.run(colorize(), client=DashScopeClient(settings_for(other)), quota=quota, policy=FAST_POLL,
+                           store=store)
+        assert not again.items[0].cached and other.created_count == 1  # a real run there, not the other's image
+    assert emulator.created_count == 1
+
+
+def test_a_cancel_hands_over_the_images_that_had_arrived(emulator, client, quota, tmp_path) -> None:
+    emulator.next_task_outcomes("ok", "running_s:20")
+    store = store_in(tmp_path)
+    request = prepare(lookup("colorization"), image=photo(batch=2), mask=None, prompt="", values={"seed": 1})
+    stop = {"at": None}
+
+    def cancel_when_one_is_done(progress: Progress) -> None:
+        if ItemState.DONE in progress.states and stop["at"] is None:
+            stop["at"] = time.monotonic()
+
+    with pytest.raises(runner.CanceledError) as caught:
+        runner.run(request, client=client, quota=quota, policy=FAST_POLL, store=store,
+                   on_progress=cancel_when_one_is_done, should_cancel=lambda: stop["at"] is not None)
+    partial = caught.value.outcome
+    assert partial is not None and len(partial.items) == 1 and len(partial.items[0].images) == 1
+    assert emulator.billed_image_count >= 1

@@ -27,9 +27,9 @@ DEFAULT_MAX_BYTES = 2 * 1024**3
 
 
 def digest(*, function: str, prompt: str, parameters: Mapping[str, object], image_sha256: str,
-           mask_sha256: str | None) -> str:
-    """The identity of one image's edit. Canonical JSON, so key order never matters."""
-    identity = {"model": MODEL, "function": function, "prompt": prompt,
+           mask_sha256: str | None, endpoint: str) -> str:
+    """The identity of one image's edit at one endpoint. Canonical JSON, so key order never matters."""
+    identity = {"model": MODEL, "function": function, "prompt": prompt, "endpoint": endpoint,
                 "parameters": dict(sorted(parameters.items())), "image": image_sha256, "mask": mask_sha256}
     return hashlib.sha256(json.dumps(identity, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
 

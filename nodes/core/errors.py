@@ -190,7 +190,10 @@ class TaskTimeoutError(WanxError):
 
 
 class CanceledError(WanxError):
-    """The user interrupted the run. Pending tasks were cancelled on the service."""
+    """The user interrupted the run. Pending tasks were cancelled on the service. ``outcome``: the
+    images that had already arrived (an EditOutcome), or None."""
+
+    outcome: object = None
 
 
 class BudgetError(WanxError):

@@ -396,6 +396,15 @@ class Journal:
             db.execute("UPDATE tasks SET delivered = ?, ok_indices = ?, results = COALESCE(?, results) "
                        "WHERE task_id = ?", (_text(done), ok, results, task_id))
 
+    def undeliver(self, task_id: str, indices: Sequence[int]) -> None:
+        """Result ``indices`` never reached the user after all (the host dropped them on a Cancel):
+        `fetch` offers them again."""
+        with self._transaction() as db:
+            row = db.execute("SELECT delivered FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
+            if row is not None:
+                left = (_indices(row["delivered"]) or frozenset()) - frozenset(indices)
+                db.execute("UPDATE tasks SET delivered = ? WHERE task_id = ?", (_text(left), task_id))
+
     def heartbeat(self, rows: Sequence[int], *, now_s: float | None = None) -> None:
         if rows:
             marks = ",".join("?" * len(rows))

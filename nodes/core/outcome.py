@@ -207,6 +207,7 @@ class EditOutcome:
     parameters: dict[str, object]
     items: list[ItemResult]
     elapsed_s: float
+    emulated: bool = False  # the service answered as the emulator: nothing real was made or billed
 
     @property
     def image_count(self) -> int:
@@ -217,8 +218,10 @@ class EditOutcome:
         """Every result as one float32 [n,H,W,3] batch, grouped per input image, in input order."""
         return images.stack_images([array for item in self.items for array in item.images])
 
-    def report(self, *, currency: str = "CNY", emulated: bool = False) -> Report:
-        """``emulated``: the service was the emulator, so ``usage`` is what it counted and nothing is billed."""
+    def report(self, *, currency: str = "CNY", emulated: bool | None = None) -> Report:
+        """``emulated`` (default: what the service said): ``usage`` is what the emulator counted, and
+        nothing is billed."""
+        emulated = self.emulated if emulated is None else emulated
         billed = cost(image_count=0 if emulated else self.image_count, currency=currency)
         return {
             "model": MODEL, "function": self.function, "prompt": self.prompt, "parameters": dict(self.parameters),
@@ -229,7 +232,9 @@ class EditOutcome:
         }
 
 
-def canceled_error(results: Sequence[ItemResult]) -> CanceledError:
+def canceled_error(results: Sequence[ItemResult], *, partial: EditOutcome | None = None) -> CanceledError:
+    """What a Cancel did to each task; ``partial`` (as ``exc.outcome``): the images that had already
+    arrived, billed, for the adapter to hand over or to mark as not delivered."""
     notes = [note for note in (r.fate_after_cancel() for r in results) if note is not None]
     lines = [note.text() for note in notes]
     unsent = sum(1 for r in results if r.task_id is None and not r.cached)
@@ -237,7 +242,9 @@ def canceled_error(results: Sequence[ItemResult]) -> CanceledError:
         lines.append(f"{unsent} image(s) not sent (not billed)")
     summary = "; ".join(lines) if lines else "no task had been sent"
     billed = [note.task_id for note in notes if note.fate.billed]
-    return CanceledError(f"canceled by the user: {summary}", task_id=billed[0] if billed else None)
+    error = CanceledError(f"canceled by the user: {summary}", task_id=billed[0] if billed else None)
+    error.outcome = partial
+    return error
 
 
 def nothing_came_back(results: Sequence[ItemResult]) -> WanxError:
@@ -260,10 +267,12 @@ class Recovered:
     failures: list[dict[str, str]]
     image_count: int
     source: str  # "cache" or "service"
+    emulated: bool = False
 
     def images_tensor(self) -> torch.Tensor:
         return images.stack_images(self.images)
 
     def report(self) -> dict[str, Any]:
         return {"task_id": self.task_id, "status": self.status, "images_out": len(self.images),
-                "usage": {"image_count": self.image_count}, "source": self.source, "failures": self.failures}
+                "usage": {"image_count": self.image_count}, "source": self.source, "failures": self.failures,
+                "emulated": self.emulated}

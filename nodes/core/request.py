@@ -83,11 +83,12 @@ class EditRequest:
     def expected_size(self, item: Item) -> ImageSize:
         return output_size(self.fn, item.sent_size, self.parameters)
 
-    def digest(self, item: Item) -> str:
-        """The identity of one image's edit: the result cache's key and the journal's attach key."""
+    def digest(self, item: Item, *, endpoint: str) -> str:
+        """The identity of one image's edit at ``endpoint``: the result cache's key and the journal's
+        attach key (an emulator's result must never be served, nor its task attached, for the service)."""
         image_sha256, mask_sha256 = item.pixels_sha256()
         return digest(function=self.fn.api_name, prompt=self.prompt, parameters=self.parameters,
-                      image_sha256=image_sha256, mask_sha256=mask_sha256)
+                      image_sha256=image_sha256, mask_sha256=mask_sha256, endpoint=endpoint)
 
     @property
     def n(self) -> int:

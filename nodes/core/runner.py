@@ -153,7 +153,9 @@ def run(
         # pending tasks are cancelled on the service before we let go.
         ctx.ticker.cancel.set()
         concurrent.futures.wait(futures, timeout=CANCEL_GRACE_S)
-        canceled = canceled_error(results)
+        arrived = [r for r in results if r.images and r.state is ItemState.DONE]
+        canceled = canceled_error(results, partial=_outcome(request, arrived, started=started, ctx=ctx)
+                                  if arrived else None)
         if isinstance(exc, Interrupted):
             raise canceled from None
         log.warning("%s", canceled)
@@ -162,8 +164,12 @@ def run(
         pool.shutdown(wait=False, cancel_futures=True)
     if not any(item.images for item in results):
         raise nothing_came_back(results)
+    return _outcome(request, results, started=started, ctx=ctx)
+
+
+def _outcome(request: EditRequest, results: list[ItemResult], *, started: float, ctx: _Context) -> EditOutcome:
     return EditOutcome(function=request.fn.api_name, prompt=request.prompt, parameters=dict(request.parameters),
-                       items=results, elapsed_s=time.monotonic() - started)
+                       items=results, elapsed_s=time.monotonic() - started, emulated=ctx.client.emulated)
 
 
 def _supervise(futures: Sequence[concurrent.futures.Future[None]], *, snapshot: Callable[[], Progress],
@@ -235,7 +241,7 @@ def _claim(request: EditRequest, results: Sequence[ItemResult], *, ctx: _Context
         if not reusable or store.cache is None:
             raise
     for item, result in zip(request.items, results, strict=True):
-        _serve_from_cache(store, request.digest(item), result)
+        _serve_from_cache(store, request.digest(item, endpoint=ctx.client.settings.base_url), result)
     fresh = iter(reserve(sum(not r.cached for r in results)))
     return [None if r.cached else next(fresh) for r in results]
 
@@ -251,7 +257,7 @@ def _run_item(request: EditRequest, item: Item, result: ItemResult, claim: Claim
             _release(ctx, claim)
             raise WanxError("not sent: another image of this batch hit an account-level error")
         result.timings_s["queued"] = time.monotonic() - t0
-        key = request.digest(item) if store is not None else None
+        key = request.digest(item, endpoint=ctx.client.settings.base_url) if store is not None else None
         if key is not None and reusable and store is not None and _serve_from_cache(store, key, result):
             _release(ctx, claim)
             return
@@ -279,6 +285,8 @@ def _run_item(request: EditRequest, item: Item, result: ItemResult, claim: Claim
         result.timings_s["task"] = time.monotonic() - t0
     _deliver(state, result, ctx=ctx, expected=request.expected_size(item),
              cache_key=key if request.cacheable else None)
+    if attached is not None:
+        result.image_count = 0  # billed once, by the run that created the task (its journal entry says so)
 
 
 def _submit(request: EditRequest, body: dict[str, object], result: ItemResult, claim: Claim | None, *,
@@ -564,11 +572,12 @@ def _cancel_own_task(ctx: _Context, result: ItemResult, claim: Claim | None) -> 
 
 def recover(
     task_id: str | None, *, client: DashScopeClient, store: Store, policy: PollPolicy = DEFAULT_POLICY,
-    should_cancel: Callable[[], bool] = lambda: False,
+    should_cancel: Callable[[], bool] = lambda: False, on_progress: Callable[[Progress], None] = lambda _: None,
 ) -> Recovered:
     """Return the images of a task: the one named (all its images), or the newest journaled task
     with billed images never delivered (exactly those). Waits if it is still running; sends no new
-    task, so it costs nothing. An uncertain create is reconciled with the task list first."""
+    task, so it costs nothing. An uncertain create is reconciled with the task list first.
+    ``on_progress`` gets a one-image Progress at every change and once a second, from a helper thread."""
     named = task_id is not None
     entry = store.journal.find(task_id) if task_id else store.journal.newest_unrecovered()
     if entry is None and not task_id:
@@ -578,18 +587,31 @@ def recover(
     policy = _limits(policy, client)
     if entry is None or time.time() - entry.submitted_at >= RETENTION_S:
         policy = policy.within(timeout_s=policy.timeout_s, outage_s=policy.outage_s, unknown_grace_s=0.0)
-    with _cancel_watch(ticker, should_cancel):
+    unknown = ImageSize(0, 0)
+    result = ItemResult(index=0, sent_size=unknown, original_size=unknown, expected_size=unknown,
+                        task_id=task_id or (entry.task_id if entry else None), state=ItemState.PENDING)
+    started = time.monotonic()
+
+    def tick() -> None:
+        on_progress(Progress(elapsed_s=time.monotonic() - started, states=(result.state,), task_ids=(result.task_id,)))
+
+    def on_state(state: TaskState) -> None:
+        result.state = ItemState.of_task(state.status)
+
+    with _cancel_watch(ticker, should_cancel, on_tick=tick):
         if entry is not None and entry.task_id is None:
             entry = _adopt_for_recovery(entry, client=client, store=store, ticker=ticker, policy=policy)
         task_id = task_id or (entry.task_id if entry else None)
         assert task_id is not None
+        result.task_id = task_id
         if entry is not None and entry.results and entry.results.startswith("cache:"):
             cached = _cached_images(store, entry.results.removeprefix("cache:"))
             if cached is not None:
                 return Recovered(task_id=task_id, status="SUCCEEDED", images=cached[1], failures=[],
                                  image_count=entry.image_count or 0, source="cache")
         try:
-            state = wait_for_task(client, task_id, ticker=ticker, policy=policy, first_delay_s=0.0)
+            state = wait_for_task(client, task_id, ticker=ticker, policy=policy, first_delay_s=0.0,
+                                  on_state=on_state)
         except Interrupted:
             raise CanceledError(f"stopped waiting for task {task_id}; it keeps running on the service",
                                 task_id=task_id, advice="Fetch it again later (results are kept 24 hours).") from None
@@ -598,8 +620,6 @@ def recover(
             if entry is not None and time.time() - entry.submitted_at >= RETENTION_S:
                 _journal_safely(store.journal.update, task_id, status=TaskStatus.UNKNOWN.value, image_count=0)
             raise TaskFailedError(f"the service no longer has task {task_id}{age}", code="UNKNOWN", task_id=task_id)
-        unknown = ImageSize(0, 0)
-        result = ItemResult(index=0, sent_size=unknown, original_size=unknown, expected_size=unknown)
         # Without an id, exactly the images never delivered; named by id, all of them.
         only = entry.missing if entry is not None and not named and entry.delivered else None
         try:
@@ -608,8 +628,9 @@ def recover(
             delivered_before = entry.delivered if entry is not None else frozenset()
             result.delivered = sorted(set(result.delivered) | delivered_before)
             _remember(store, entry.digest if entry and entry.digest else None, state, result)
+        tick()
     return Recovered(task_id=task_id, status=state.status.value, images=result.images, failures=result.failures,
-                     image_count=state.image_count or 0, source="service")
+                     image_count=state.image_count or 0, source="service", emulated=client.emulated)
 
 
 def _adopt_for_recovery(entry: Entry, *, client: DashScopeClient, store: Store, ticker: Ticker,
@@ -630,15 +651,22 @@ def _adopt_for_recovery(entry: Entry, *, client: DashScopeClient, store: Store, 
 
 
 @contextlib.contextmanager
-def _cancel_watch(ticker: Ticker, should_cancel: Callable[[], bool], *, every_s: float = 0.1) -> Iterator[None]:
-    """Turn a polled cancel check into the ticker's event, for waits on the calling thread."""
+def _cancel_watch(ticker: Ticker, should_cancel: Callable[[], bool], *, every_s: float = 0.1,
+                  on_tick: Callable[[], None] = lambda: None) -> Iterator[None]:
+    """Turn a polled cancel check into the ticker's event, for waits on the calling thread; call
+    ``on_tick`` at once and then every HEARTBEAT_S."""
     stop = threading.Event()
 
     def watch() -> None:
+        ticked = time.monotonic()
+        on_tick()
         while not stop.wait(every_s):
             if should_cancel():
                 ticker.cancel.set()
                 return
+            if time.monotonic() - ticked >= HEARTBEAT_S:
+                ticked = time.monotonic()
+                on_tick()
 
     watcher = threading.Thread(target=watch, daemon=True, name="wanx-cancel-watch")
     watcher.start()

@@ -27,10 +27,12 @@ class Engine:
         return runner.run(request, client=self.client, quota=self.quota, store=self.store, reuse=reuse,
                           should_cancel=should_cancel, on_progress=on_progress)
 
-    def recover(self, task_id: str | None, *, should_cancel: Callable[[], bool] = lambda: False) -> Recovered:
+    def recover(self, task_id: str | None, *, should_cancel: Callable[[], bool] = lambda: False,
+                on_progress: Callable[[Progress], None] = lambda _: None) -> Recovered:
         if self.store is None:
             raise ValueError("recovery needs the store (the task journal)")
-        return runner.recover(task_id, client=self.client, store=self.store, should_cancel=should_cancel)
+        return runner.recover(task_id, client=self.client, store=self.store, should_cancel=should_cancel,
+                              on_progress=on_progress)
 
 
 def connect(settings: Settings, *, store: Store | None) -> Engine:
