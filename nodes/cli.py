@@ -471,8 +471,12 @@ def _edit(args: argparse.Namespace, term: Terminal) -> int:
         for one, item in zip(inputs, request.items, strict=True):
             for note in (*one.notes, *item.notes):
                 term.say(f"{one.label}: {note}")
-        outcome = _run(engine, request, [one.label for one in inputs], term, reuse=not args.new_run,
-                       private=args.emulator)
+        try:
+            outcome = _run(engine, request, [one.label for one in inputs], term, reuse=not args.new_run,
+                           private=args.emulator)
+        except CanceledError as exc:
+            _keep_arrived(exc, inputs, args.out, term=term)
+            raise
         emulated = args.emulator or engine.client.emulated
         report_name = f"{args.image.name if args.image.is_dir() else inputs[0].stem}_{fn.api_name}_report.json"
         for one, item, result in zip(inputs, request.items, outcome.items, strict=True):
@@ -586,7 +590,8 @@ def _run(engine: Engine, request: EditRequest, labels: Sequence[str], term: Term
 
     try:
         with _interruptible() as stop:
-            outcome = engine.run(request, reuse=reuse, should_cancel=stop.is_set, on_progress=on_progress)
+            outcome = engine.run(request, reuse=reuse, should_cancel=stop.is_set, on_progress=on_progress,
+                                 keep_files=True)
     except CanceledError as exc:
         term.end(None)
         if private:  # its tasks die with this process: nothing to recover, nothing billed
@@ -634,6 +639,18 @@ def _write_outcome(outcome: EditOutcome, inputs: Sequence[_Input], out: Path, *,
         head += f" ({failed} of {len(outcome.items)} inputs failed, see above)"
     cost_line = _cost_line(outcome.items, currency=currency, emulated=emulated)
     return "\n".join([head + ":", *lines, f"  {report_path.name}  the report", cost_line])
+
+
+def _keep_arrived(exc: CanceledError, inputs: Sequence[_Input], out: Path, *, term: Terminal) -> None:
+    """On Ctrl-C, the images that had already arrived (billed) are written, not dropped."""
+    if not isinstance(exc.outcome, EditOutcome):
+        return
+    for item in exc.outcome.items:
+        one = inputs[item.index]
+        files = item.files if len(item.files) == len(item.images) else [None] * len(item.images)
+        for i, (data, array) in enumerate(zip(files, item.images, strict=True)):
+            path = _save_result(data, array, out / f"{one.stem}_{exc.outcome.function}_{i}")
+            term.say(f"{one.label}: kept {path} (it had arrived before the cancel)")
 
 
 def _save_result(data: bytes | None, array: np.ndarray, stem: Path) -> Path:

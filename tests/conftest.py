@@ -17,10 +17,10 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from wanx_imageedit.nodes.core.client import DashScopeClient, Timeouts  # noqa: E402
-from wanx_imageedit.nodes.emulator import Emulator  # noqa: E402
 from wanx_imageedit.nodes.core.polling import PollPolicy  # noqa: E402
 from wanx_imageedit.nodes.core.quota import Quota  # noqa: E402
 from wanx_imageedit.nodes.core.settings import Settings  # noqa: E402
+from wanx_imageedit.nodes.emulator import Emulator  # noqa: E402
 
 TEST_KEY = "sk-emulator-key"
 FAST_POLL = PollPolicy(time_scale=0.05)  # 0.05 s first polls, 0.02 s when close: tests stay fast
@@ -47,7 +47,8 @@ def quota() -> Quota:
     return Quota(max_in_flight=2, submits_per_s=2)
 
 
-def photo(*, batch: int = 1, width_px: int = 512, height_px: int = 512, channels: int = 3, seed: int = 0) -> torch.Tensor:
+def photo(*, batch: int = 1, width_px: int = 512, height_px: int = 512, channels: int = 3,
+          seed: int = 0) -> torch.Tensor:
     """A photo-like IMAGE tensor: smooth gradients plus a little noise."""
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:height_px, 0:width_px].astype(np.float32)

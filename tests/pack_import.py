@@ -9,7 +9,8 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # The first statements of a `python -c` subprocess that imports the pack from the working tree.
-BOOT = f"import sys; sys.path.insert(0, {str(REPO_ROOT / 'tests')!r}); import pack_import; pack_import.register_pack(); "
+BOOT = (f"import sys; sys.path.insert(0, {str(REPO_ROOT / 'tests')!r}); import pack_import; "
+        "pack_import.register_pack(); ")
 
 
 def register_pack() -> None:

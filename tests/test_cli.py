@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import requests
 import torch
-from cli_helpers import clean_env, run, start, write_photo
 from PIL import Image
 
+from cli_helpers import clean_env, run, start, write_photo
 from conftest import TEST_KEY
 from wanx_imageedit.nodes import cli
 from wanx_imageedit.nodes.core.errors import InputError

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 import requests
-from cli_helpers import Pty, clean_env, screen_lines, status_segments, write_photo
 
+from cli_helpers import Pty, clean_env, screen_lines, status_segments, write_photo
 from conftest import TEST_KEY
 from wanx_imageedit.nodes.emulator import Emulator
 
@@ -112,3 +112,19 @@ def test_ctrl_c_while_fetch_waits_says_the_task_keeps_running(env, emulator, tmp
                for line in lines), lines
     assert terminal.text.count(task_id) == terminal.text.count(f"fetching task {task_id}") + 1
     assert "Traceback" not in terminal.text
+
+
+def test_ctrl_c_keeps_the_images_that_had_arrived(env, emulator, tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_photo(folder / "a.png", seed=1)
+    write_photo(folder / "b.png", seed=2)
+    emulator.next_task_outcomes("ok", "running_s:30")  # the first image arrives, the second keeps running
+    terminal = Pty(["edit", "colorization", "--image", str(folder), "--out", str(tmp_path / "o")], env,
+                   columns=COLUMNS)
+    terminal.wait_for(lambda: "done" in terminal.text and "RUNNING" in terminal.text)
+    os.kill(terminal.process.pid, signal.SIGINT)
+    assert terminal.finish() == 130
+    kept = sorted((tmp_path / "o").glob("*_colorization_0.*"))
+    assert len(kept) == 1 and "it had arrived before the cancel" in terminal.text  # billed, so never dropped
+    assert emulator.downloaded_count == 1

@@ -14,6 +14,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from wanx_imageedit.nodes.authoring import docs, samples, workflows
 from wanx_imageedit.nodes.core import texts
 from wanx_imageedit.nodes.core.errors import InputError

@@ -21,8 +21,9 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
-from pack_import import REPO_ROOT
 from PIL import Image, ImageDraw
+
+from pack_import import REPO_ROOT
 from wanx_imageedit.nodes.emulator import (
     MODEL,
     Emulator,

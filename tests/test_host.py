@@ -62,7 +62,8 @@ def test_the_pack_imports_cleanly_and_registers_nothing_else(host: ComfyHost, ob
     assert any("custom_nodes/wanx_imageedit" in line for line in ours_lines), host.log()[-3000:]
     failed = [line for line in ours_lines if "IMPORT FAILED" in line or "Cannot import" in line or "ERROR" in line]
     assert failed == [], host.log()[-3000:]
-    ours = sorted(name for name, info in object_info.items() if info.get("python_module") == "custom_nodes.wanx_imageedit")
+    ours = sorted(name for name, info in object_info.items()
+                  if info.get("python_module") == "custom_nodes.wanx_imageedit")
     assert ours == sorted([fn.node_id for fn in FUNCTIONS] + ["WanxImageEdit_FetchTask"])
     assert requests.get(host.url + "/extensions", timeout=10).status_code == 200
 

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+
 from wanx_imageedit.nodes.core import images, png
 from wanx_imageedit.nodes.core.errors import DownloadError, InputError
 from wanx_imageedit.nodes.core.functions import ImageSize

@@ -6,7 +6,6 @@ no message calls a billed image unbilled. Also two processes sharing one state f
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -16,23 +15,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cli_helpers import clean_env, cli_code, run
 from conftest import TEST_KEY, photo
 from pack_import import BOOT
 
 
-
 def cli(args: list[str], env: dict[str, str], *, timeout_s: float = 90) -> subprocess.CompletedProcess[str]:
-    code = BOOT + f"from wanx_imageedit.nodes.cli import main; sys.exit(main({args!r}))"
-    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=timeout_s,
-                          check=False)
+    return run(args, env, timeout_s=timeout_s)
 
 
 @pytest.fixture
 def env(emulator, tmp_path: Path) -> dict[str, str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("DASHSCOPE_", "WANX_"))}
-    base.update(DASHSCOPE_API_KEY=TEST_KEY, DASHSCOPE_HTTP_BASE_URL=emulator.base_url,
-                WANX_STATE_DIR=str(tmp_path / "state"), HOME=str(tmp_path))
-    return base
+    return clean_env(tmp_path, DASHSCOPE_API_KEY=TEST_KEY, DASHSCOPE_HTTP_BASE_URL=emulator.base_url)
 
 
 def write_png(path: Path, *, seed: int = 0) -> Path:
@@ -93,8 +87,7 @@ def test_a_crashed_command_rerun_attaches_and_pays_nothing(emulator, env, tmp_pa
     emulator.next_task_outcomes("running_s:4")
     image = write_png(tmp_path / "in.png")
     args = ["edit", "colorization", "--image", str(image), "--seed", "21", "--out", str(tmp_path / "out")]
-    code = BOOT + f"from wanx_imageedit.nodes.cli import main; sys.exit(main({args!r}))"
-    first = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
+    first = subprocess.Popen([sys.executable, "-c", cli_code(args)], env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE)
     deadline = time.monotonic() + 20
     while emulator.created_count == 0:
@@ -128,8 +121,7 @@ def run_both(folders: list[Path], env: dict[str, str], tmp_path: Path) -> list[t
     for folder in folders:
         args = ["edit", "colorization", "--image", str(folder), "--seed", "5",
                 "--out", str(tmp_path / f"out_{folder.name}")]
-        runs.append(subprocess.Popen([sys.executable, "-c", BOOT + f"from wanx_imageedit.nodes.cli import main; "
-                                      f"sys.exit(main({args!r}))"], env=env, stdout=subprocess.PIPE,
+        runs.append(subprocess.Popen([sys.executable, "-c", cli_code(args)], env=env, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True))
     return [(run.returncode, out + err) for run, (out, err) in ((r, r.communicate(timeout=120)) for r in runs)]
 

@@ -26,6 +26,7 @@ import requests
 from aiohttp import web
 from aiohttp.streams import StreamReader
 from aiohttp.test_utils import make_mocked_request
+
 from capture_server import CaptureServer
 from comfy_host import free_port
 from conftest import TEST_KEY

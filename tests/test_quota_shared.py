@@ -22,6 +22,7 @@ from pack_import import register_pack
 register_pack()
 
 import pytest  # noqa: E402
+
 from wanx_imageedit.nodes.core.errors import Interrupted  # noqa: E402
 from wanx_imageedit.nodes.core.quota import WINDOW_S, Quota, shared_quota  # noqa: E402
 from wanx_imageedit.nodes.core.ticker import Ticker  # noqa: E402

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_helpers import clean_env, write_photo
 from PIL import Image
 
+from cli_helpers import clean_env, write_photo
 from conftest import TEST_KEY
 from pack_import import REPO_ROOT
 from wanx_imageedit.nodes.core.journal import Journal

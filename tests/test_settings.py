@@ -9,6 +9,7 @@ import stat
 from pathlib import Path
 
 import pytest
+
 from wanx_imageedit.nodes.core.errors import ConfigError
 from wanx_imageedit.nodes.core.settings import (
     BEIJING_BASE_URL,

@@ -28,7 +28,6 @@ from wanx_imageedit.nodes.core.request import EditRequest, prepare
 from wanx_imageedit.nodes.core.store import BudgetError, Store
 
 
-
 def cli(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
     code = BOOT + f"from wanx_imageedit.nodes.cli import main; sys.exit(main({args!r}))"
     return subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

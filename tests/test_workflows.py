@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+
 from wanx_imageedit.nodes.authoring import workflows
 from wanx_imageedit.nodes.core.errors import InputError
 from wanx_imageedit.nodes.core.functions import FUNCTIONS, build_prompt, node_inputs

@@ -108,12 +108,13 @@ class _Context:
     store: Store | None
     stop_sending: threading.Event
     owner: str
+    keep_files: bool = False  # the result files as returned, for an adapter that writes them (the CLI)
 
 
 def run(
     request: EditRequest, *, client: DashScopeClient, quota: Quota, policy: PollPolicy = DEFAULT_POLICY,
     should_cancel: Callable[[], bool] = lambda: False, on_progress: Callable[[Progress], None] = lambda _: None,
-    tick_s: float = 0.1, store: Store | None = None, reuse: bool = True,
+    tick_s: float = 0.1, store: Store | None = None, reuse: bool = True, keep_files: bool = False,
 ) -> EditOutcome:
     """Run one task per image and return every result that arrived. Raises only when no image
     at all came back (TaskFailedError or the call's error), or when the user cancels.
@@ -122,7 +123,7 @@ def run(
     journal's task (unless ``reuse`` is off), the daily budget is reserved before anything is sent,
     and every task is journaled before it is polled."""
     ctx = _Context(client=client, quota=quota, policy=_limits(policy, client), ticker=Ticker(), store=store,
-                   stop_sending=threading.Event(), owner=process_id())
+                   stop_sending=threading.Event(), owner=process_id(), keep_files=keep_files)
     started = time.monotonic()
     results = [
         ItemResult(index=i, sent_size=item.sent_size, original_size=item.original_size,
@@ -410,6 +411,8 @@ def _deliver(state: TaskState, result: ItemResult, *, ctx: _Context, expected: I
     finally:
         if ctx.store is not None:
             _remember(ctx.store, cache_key, state, result)
+        if not ctx.keep_files:
+            result.files = []  # stored or not needed: memory holds the decoded images, not the files too
 
 
 def _release(ctx: _Context, claim: Claim | None) -> None:
@@ -543,7 +546,6 @@ def _remember(store: Store, key: str | None, state: TaskState, result: ItemResul
     _journal_safely(store.journal.update, state.task_id, status=state.status.value,
                     image_count=state.image_count or 0, finished_at=time.time())
     _journal_safely(store.journal.delivered, state.task_id, result.delivered, ok_indices=ok, results=saved)
-    result.files = []  # stored or not needed: a big batch keeps only the decoded images
 
 
 def _cancel_own_task(ctx: _Context, result: ItemResult, claim: Claim | None) -> None:

@@ -23,9 +23,9 @@ class Engine:
     store: Store | None  # None: nothing journaled, cached or budgeted (a private emulator)
 
     def run(self, request: EditRequest, *, reuse: bool = True, should_cancel: Callable[[], bool] = lambda: False,
-            on_progress: Callable[[Progress], None] = lambda _: None) -> EditOutcome:
+            on_progress: Callable[[Progress], None] = lambda _: None, keep_files: bool = False) -> EditOutcome:
         return runner.run(request, client=self.client, quota=self.quota, store=self.store, reuse=reuse,
-                          should_cancel=should_cancel, on_progress=on_progress)
+                          should_cancel=should_cancel, on_progress=on_progress, keep_files=keep_files)
 
     def recover(self, task_id: str | None, *, should_cancel: Callable[[], bool] = lambda: False,
                 on_progress: Callable[[Progress], None] = lambda _: None) -> Recovered:
