@@ -12,10 +12,13 @@ register_pack()
 
 # --- shared fixtures ----------------------------------------------------------------------------
 # Imported after the pack is registered above.
+from collections.abc import Iterator  # noqa: E402
+
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from comfy_host import network_namespace, remove_namespace  # noqa: E402
 from wanx_imageedit.nodes.core.client import DashScopeClient, Timeouts  # noqa: E402
 from wanx_imageedit.nodes.core.polling import PollPolicy  # noqa: E402
 from wanx_imageedit.nodes.core.quota import Quota  # noqa: E402
@@ -100,3 +103,13 @@ def home_folder_untouched():
                     f"(before: {[before[n] for n in changed]}, after: {[after[n] for n in changed]}); "
                     "a test wrote outside its tmp folder (set WANX_STATE_DIR and HOME for subprocesses)",
                     pytrace=False)
+
+
+@pytest.fixture(scope="module")
+def netns() -> Iterator[tuple[str, str, str] | str]:
+    """(namespace, this machine's address on its link, the namespace's address) of a network namespace
+    made for the test (another machine, as far as ComfyUI can tell), or why there is none."""
+    made = network_namespace()
+    yield made
+    if not isinstance(made, str):
+        remove_namespace(made[0])

@@ -40,7 +40,7 @@ from typing import Any
 import pytest
 import requests
 
-from comfy_host import ComfyHost, find_host, network_namespace, remove_namespace
+from comfy_host import ComfyHost, find_host
 from wanx_imageedit.nodes.authoring import docs
 from wanx_imageedit.nodes.core.errors import InputError
 from wanx_imageedit.nodes.core.functions import (
@@ -131,15 +131,6 @@ def frontend(request: pytest.FixtureRequest) -> FrontEnd:
 
 
 # --- another machine: a browser in a network namespace ------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def netns() -> Iterator[tuple[str, str, str] | str]:
-    """(namespace, this machine's address on its link, the namespace's address), or why there is none."""
-    made = network_namespace()
-    yield made
-    if not isinstance(made, str):
-        remove_namespace(made[0])
 
 
 # --- ComfyUI and the browser --------------------------------------------------------------------------

@@ -25,7 +25,7 @@ import requests
 from PIL import Image
 
 from capture_server import CaptureServer
-from comfy_host import ComfyHost, find_host, free_port, load_workflow, network_namespace, remove_namespace, ui_to_api
+from comfy_host import ComfyHost, find_host, free_port, load_workflow, ui_to_api
 from conftest import TEST_KEY
 from wanx_imageedit.nodes.authoring import docs
 from wanx_imageedit.nodes.core.functions import FUNCTIONS, PRICE_PER_IMAGE, node_inputs
@@ -270,14 +270,6 @@ def test_the_environment_wins_over_stored_settings(env_host: ComfyHost, emulator
 
 
 # --- issue 14: the two-request attack, from this machine and from another ---------------------------
-
-
-@pytest.fixture(scope="module")
-def netns() -> Iterator[tuple[str, str, str] | str]:
-    made = network_namespace()
-    yield made
-    if not isinstance(made, str):
-        remove_namespace(made[0])
 
 
 @pytest.fixture(scope="module")
