@@ -46,8 +46,11 @@ def store(current: Settings | None = None) -> Store:
 
 
 def newest_unrecovered_task() -> str | None:
+    """What the Fetch node would recover now: a task id, or the journal row of an uncertain create."""
     entry = store().journal.newest_unrecovered()
-    return entry.task_id if entry else None
+    if entry is None:
+        return None
+    return entry.task_id or f"uncertain create {entry.row}"
 
 
 def engine() -> Engine:
