@@ -256,3 +256,20 @@ def test_a_damaged_cache_entry_is_recovered_from_the_service(emulator, client, q
     recovered = runner.recover(outcome.items[0].task_id, client=client, store=store)
     assert recovered.source == "service" and emulator.created_count == 1
     assert np.array_equal(recovered.images[0], outcome.items[0].images[0])
+
+
+def test_many_processes_opening_a_new_database_at_once_all_get_it(tmp_path: Path) -> None:
+    # Switching a new database to WAL needs it alone for a moment: a process that finds it busy waits,
+    # and never takes the busy journal for a damaged one.
+    opener = BOOT + ("from pathlib import Path; from wanx_imageedit.nodes.core.journal import Journal, Entry; "
+                     "from wanx_imageedit.nodes.core.quota import Quota; import os, time; "
+                     "db = Path(os.environ['DB']); quota = Quota(max_in_flight=2, submits_per_s=2, db_path=db); "
+                     "assert quota.shared, 'the quota fell back to this process alone'; j = Journal(db); "
+                     "j.record_submitted(Entry(task_id=f't{os.getpid()}', function='expand', digest='d', "
+                     "submitted_at=time.time(), n=1))")
+    env = {**os.environ, "DB": str(tmp_path / "state.db")}
+    children = [subprocess.Popen([sys.executable, "-c", opener], env=env, stderr=subprocess.PIPE, text=True)
+                for _ in range(6)]
+    errors = [child.communicate(timeout=60)[1] for child in children]
+    assert [child.returncode for child in children] == [0] * 6, errors
+    assert len(Journal(tmp_path / "state.db").entries()) == 6 and not list(tmp_path.glob("state.db.damaged-*"))

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import BudgetError
+from .files import connect_wal
 from .protocol import TaskStatus
 
 log = logging.getLogger(__name__)
@@ -168,16 +169,16 @@ class Journal:
         return connection
 
     def _new_connection(self) -> sqlite3.Connection:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        connection = connect_wal(self.path, busy_timeout_s=BUSY_TIMEOUT_S)
         connection.row_factory = sqlite3.Row
-        connection.execute("PRAGMA journal_mode=WAL")
         connection.execute("PRAGMA synchronous=NORMAL")
         return connection
 
     def _open_or_set_aside(self) -> None:
         try:
             self._create_schema()
+        except sqlite3.OperationalError:
+            raise  # locked or unreadable for now, not damaged: never set a good journal aside for that
         except sqlite3.DatabaseError as exc:
             aside = self.path.with_name(f"{self.path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
             log.error("the task journal %s is damaged (%s); it was set aside as %s and a new one started. "

@@ -39,6 +39,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .backoff import Backoff
+from .files import connect_wal
 from .ticker import Ticker
 
 log = logging.getLogger(__name__)
@@ -97,9 +98,8 @@ class _SharedDb:
         self._numbers = itertools.count()
         self._renewer: threading.Thread | None = None
         self._closed = threading.Event()
-        self._conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
+        self._conn = connect_wal(path, busy_timeout_s=BUSY_TIMEOUT_S)
         try:
-            self._conn.execute("PRAGMA journal_mode = WAL")
             self._conn.execute("PRAGMA synchronous = NORMAL")  # a lost last row after a power cut is harmless here
             with self._transaction() as db:
                 for statement in _SCHEMA:
