@@ -139,8 +139,8 @@ def test_an_identical_seeded_edit_attaches_to_the_task_in_flight(emulator, clien
     request = colorize()
     # A run that died after its task was accepted: its claim and task are in the journal, nothing delivered.
     key = request.digest(request.items[0], endpoint=client.settings.base_url)
-    (claim,) = store.journal.reserve([key], function="colorization", n=1,
-                                     owner="dead-host:1:x")
+    (claim,) = store.journal.reserve(1, function="colorization", n=1, owner="dead-host:1:x")
+    store.journal.set(claim.row, digest=key)
     submitted = client.submit(request.body(request.items[0].encode()), ticker=runner.Ticker(), quota=quota)
     store.journal.set(claim.row, task_id=submitted.task_id, status=submitted.status.value, heartbeat_at=0.0)
     outcome = runner.run(request, client=client, quota=quota, policy=FAST_POLL, store=store)
@@ -211,7 +211,7 @@ def test_budget_reservations_are_released_when_the_create_is_refused(emulator, c
 def test_claims_of_a_run_that_died_before_sending_are_released_not_recovered(emulator, client, quota,
                                                                             tmp_path) -> None:
     store = store_in(tmp_path, WANX_DAILY_IMAGE_LIMIT="2")
-    store.journal.reserve([None, None], function="colorization", n=1, owner="dead-host:1:x",
+    store.journal.reserve(2, function="colorization", n=1, owner="dead-host:1:x",
                           now_s=time.time() - 600)  # a batch of 2 that died waiting for its turn
     assert store.journal.newest_unrecovered() is None  # nothing was sent, nothing to fetch
     runner.run(colorize(n=2), client=client, quota=quota, policy=FAST_POLL, store=store)  # the budget is free

@@ -137,11 +137,9 @@ class Entry:
 
 @dataclass(frozen=True)
 class Claim:
-    """One image's place in the journal for this run: a new task to create (``attach`` None), or an
-    existing task of an identical seeded edit to attach to instead of paying again."""
+    """One image's place in the journal for this run, holding its reserved images until its turn."""
 
     row: int
-    attach: Entry | None = None
 
 
 class Journal:
@@ -288,38 +286,27 @@ class Journal:
     # --- writing ------------------------------------------------------------------------------
 
     def reserve(
-        self, digests: Sequence[str | None], *, function: str, n: int, owner: str, daily_limit: int | None = None,
+        self, count: int, *, function: str, n: int, owner: str, daily_limit: int | None = None,
         limit_source: str | None = None, day_start_s: float = 0.0, now_s: float | None = None,
     ) -> list[Claim]:
-        """Claim each image of a run in one transaction: attach it to an existing task of the same
-        digest (``None``: never attach, e.g. unseeded) that is in flight or finished with results
-        not yet delivered; else reserve ``n`` images for a new task, refusing the whole run with
-        BudgetError when the reservations would cross the daily limit. Atomic across processes."""
+        """Claim ``count`` images of a run in one transaction, reserving ``n`` billed images each, and
+        refuse the whole run with BudgetError when the reservations would cross the daily limit.
+        Atomic across processes. Each claim learns its digest, and may attach, at its turn (`attach`)."""
         now_s = time.time() if now_s is None else now_s
         with self._transaction() as db:
             # Claims of a run that died before their turn sent nothing: their reservations go back.
             db.execute("UPDATE tasks SET status = ?, image_count = 0 WHERE status = ? AND "
                        "(heartbeat_at IS NULL OR heartbeat_at < ?)", (REFUSED, SUBMITTING, now_s - OWNER_STALE_S))
-            claims: list[Claim] = []
-            mine: set[int] = set()
-            for key in digests:
-                found = self._attachable(db, key, now_s=now_s, exclude=mine) if key else None
-                if found is not None:
-                    claims.append(Claim(row=found.row, attach=found))
-                    continue
-                cursor = db.execute(
-                    "INSERT INTO tasks (function, digest, submitted_at, n, status, owner, heartbeat_at) "
-                    "VALUES (?,?,?,?,?,?,?)", (function, key or "", now_s, n, SUBMITTING, owner, now_s))
-                row = int(cursor.lastrowid or 0)
-                mine.add(row)
-                claims.append(Claim(row=row))
-            new = sum(1 for c in claims if c.attach is None) * n
-            if daily_limit is not None and new:
-                used = self._images_since(db, day_start_s) - new  # the rows just inserted count in the sum
-                if used + new > daily_limit:
-                    raise BudgetError.over_limit(images=new, used=used, limit=daily_limit, source=limit_source)
+            rows = [int(db.execute(
+                "INSERT INTO tasks (function, digest, submitted_at, n, status, owner, heartbeat_at) "
+                "VALUES (?,?,?,?,?,?,?)", (function, "", now_s, n, SUBMITTING, owner, now_s)).lastrowid or 0)
+                for _ in range(count)]
+            if daily_limit is not None and count:
+                used = self._images_since(db, day_start_s) - count * n  # the rows just inserted count in the sum
+                if used + count * n > daily_limit:
+                    raise BudgetError.over_limit(images=count * n, used=used, limit=daily_limit, source=limit_source)
             self._trim(db, now_s=now_s)
-        return claims
+        return [Claim(row=row) for row in rows]
 
     def attach(self, row: int, key: str, *, now_s: float | None = None) -> Entry | None:
         """At claim ``row``'s turn, now that its digest ``key`` is known: the task of an identical edit
@@ -328,7 +315,7 @@ class Journal:
         now_s = time.time() if now_s is None else now_s
         with self._transaction() as db:
             own = db.execute("SELECT owner FROM tasks WHERE row = ?", (row,)).fetchone()
-            found = self._attachable(db, key, now_s=now_s, exclude=set(), owner=own[0] if own else None)
+            found = self._attachable(db, key, now_s=now_s, owner=own[0] if own else None)
             if found is not None:
                 db.execute("UPDATE tasks SET status = ?, image_count = 0, finished_at = ?, digest = ? WHERE row = ?",
                            (ATTACHED, now_s, key, row))
@@ -336,15 +323,14 @@ class Journal:
                 db.execute("UPDATE tasks SET digest = ? WHERE row = ?", (key, row))
             return found
 
-    def _attachable(self, db: sqlite3.Connection, key: str, *, now_s: float, exclude: set[int],
-                    owner: str | None = None) -> Entry | None:
+    def _attachable(self, db: sqlite3.Connection, key: str, *, now_s: float, owner: str | None) -> Entry | None:
         """A task of the same edit to attach to; never one of the same run (``owner``): a batch may
         hold the same image twice on purpose."""
         rows = db.execute("SELECT * FROM tasks WHERE digest = ? AND submitted_at >= ? ORDER BY submitted_at DESC",
                           (key, now_s - RETENTION_S)).fetchall()
         for row in rows:
             entry = Entry._from_row(row)
-            if entry.row in exclude or entry.status in (REFUSED, ATTACHED) or (owner and entry.owner == owner):
+            if entry.status in (REFUSED, ATTACHED) or (owner and entry.owner == owner):
                 continue
             if entry.missing or (not entry.final and (entry.task_id is not None or entry.owner_alive(now_s=now_s))):
                 return entry

@@ -141,7 +141,7 @@ def run(
 
     def heartbeat() -> None:
         if store is not None:
-            _journal_safely(store.journal.heartbeat, [c.row for c in claims if c and c.attach is None])
+            _journal_safely(store.journal.heartbeat, [c.row for c in claims if c])
 
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(to_send)), thread_name_prefix="wanx-task")
     futures = [pool.submit(_work, request, item, result, claim, ctx=ctx, reusable=reusable)
@@ -267,7 +267,7 @@ def _run_item(request: EditRequest, item: Item, result: ItemResult, claim: Claim
             if attach_to is None:
                 _journal_safely(store.journal.set, claim.row, digest=key)
             else:
-                attached = _attached_task(Claim(row=attach_to.row, attach=attach_to), ctx=ctx)
+                attached = _attached_task(attach_to, ctx=ctx)
         if attached is None:
             result.state = ItemState.SUBMITTING
             t1 = time.monotonic()
@@ -367,19 +367,20 @@ def _uncertain(exc: SubmitUncertainError, why: str) -> SubmitUncertainError:
                                 request_id=exc.request_id, http_status=exc.http_status)
 
 
-def _attached_task(claim: Claim, *, ctx: _Context) -> Entry | None:
-    """The task to attach to; waits while another live process is still sending it."""
-    entry = claim.attach
+def _attached_task(found: Entry, *, ctx: _Context) -> Entry:
+    """The task of ``found`` to attach to; waits while another live process is still sending it."""
+    entry: Entry | None = found
     deadline = time.monotonic() + ATTACH_WAIT_S
     journal = ctx.store.journal if ctx.store is not None else None
-    while entry is not None and entry.task_id is None and journal is not None:
-        if entry.final or time.monotonic() > deadline or not entry.owner_alive(now_s=time.time()):
+    while entry is None or entry.task_id is None:
+        if entry is None or journal is None or entry.final or time.monotonic() > deadline \
+                or not entry.owner_alive(now_s=time.time()):
             raise SubmitUncertainError(
                 "an identical edit was being sent by another run, which has not said whether the service took it",
                 advice="Nothing new was sent. Run `wanx-imageedit fetch` (or the Fetch node) in a minute to recover "
                 "it, or list tasks with `wanx-imageedit tasks`.")
         ctx.ticker.wait(0.5 * ctx.policy.time_scale)
-        entry = journal.get(claim.row)
+        entry = journal.get(found.row)
     return entry
 
 
@@ -417,7 +418,7 @@ def _deliver(state: TaskState, result: ItemResult, *, ctx: _Context, expected: I
 
 def _release(ctx: _Context, claim: Claim | None) -> None:
     """The create was refused or never sent: its budget reservation goes back."""
-    if ctx.store is not None and claim is not None and claim.attach is None:
+    if ctx.store is not None and claim is not None:
         _journal_safely(ctx.store.journal.set, claim.row, status="REFUSED", image_count=0, finished_at=time.time())
 
 
@@ -554,8 +555,8 @@ def _cancel_own_task(ctx: _Context, result: ItemResult, claim: Claim | None) -> 
     if result.task_id is None:
         _release(ctx, claim)
         return
-    if result.state in (ItemState.DONE, ItemState.FAILED, ItemState.CANCELED, ItemState.DOWNLOADING):
-        return
+    if result.state.final or result.state is ItemState.DOWNLOADING:
+        return  # ended, or ended on the service and arriving
     try:
         canceled = ctx.client.cancel(result.task_id)
     except WanxError as exc:

@@ -47,7 +47,7 @@ class Store:
     def reserve(self, count: int, *, function: str, n: int, owner: str) -> list[Claim]:
         """Claim ``count`` images of a run and reserve ``n`` billed images each against today's limit,
         in one transaction shared by every process (BudgetError when over; nothing was sent)."""
-        return self.journal.reserve([None] * count, function=function, n=n, owner=owner,
+        return self.journal.reserve(count, function=function, n=n, owner=owner,
                                     daily_limit=self.daily_image_limit, limit_source=self.limit_source,
                                     day_start_s=day_start_s())
 
