@@ -126,7 +126,9 @@ def _run(request: EditRequest, *, reuse: bool, context: ExecutionContext | None,
             PromptServer.instance.send_sync(PROGRESS_EVENT, {"node": node_id, **progress.to_json(n=request.n)})
 
     try:
-        outcome = wired.run(request, reuse=reuse, on_progress=show, should_cancel=should_cancel)
+        # Each result is decoded straight into the node's IMAGE output as it arrives.
+        outcome = wired.run(request, reuse=reuse, on_progress=show, should_cancel=should_cancel,
+                            output=request.result_batch())
         return outcome, wired.settings
     except CanceledError as exc:
         # ComfyUI drops the node's output on an interruption: images that had already arrived were

@@ -138,7 +138,7 @@ def test_an_identical_seeded_edit_attaches_to_the_task_in_flight(emulator, clien
     store = store_in(tmp_path, WANX_CACHE="off")
     request = colorize()
     # A run that died after its task was accepted: its claim and task are in the journal, nothing delivered.
-    key = request.digest(request.items[0], endpoint=client.settings.base_url)
+    key = request.digest(request.items[0].encode(), endpoint=client.settings.base_url)
     (claim,) = store.journal.reserve(1, function="colorization", n=1, owner="dead-host:1:x")
     store.journal.set(claim.row, digest=key)
     submitted = client.submit(request.body(request.items[0].encode()), ticker=runner.Ticker(), quota=quota)

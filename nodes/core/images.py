@@ -49,6 +49,7 @@ touching Pillow's process-wide setting.
 from __future__ import annotations
 
 import base64
+import ctypes
 import functools
 import hashlib
 import io
@@ -78,17 +79,20 @@ MAX_BASE64_FILE_BYTES = 7_000_000  # DashScope's guidance for base64 data URIs (
 JPEG_QUALITIES: tuple[int, ...] = (95, 90, 85, 80, 75, 70, 60, 50, 40)
 MASK_PNG_LEVEL = 4  # masks go through Pillow's PNG: 1-bit content it compresses fast and well
 
-# When the raw pixels are over this multiple of max_bytes, the PNG size is first estimated from bands
-# of rows (1/8 of the image) and the full PNG is skipped when the estimate is over the limit: at
-# 4096^2 a photo's PNG is ~31 MB, far over. The estimate was within 1% of the full size on photo-like
-# and noise images; flat images come out underestimated, which only costs the full encode. The JPEG
-# ladder starts at the first quality whose estimate from the same bands fits (within 0.5% of the full
-# size at 95..50 on noise, photo-like and textured 3000^2-4096^2 images), so a 4096^2 noise image
-# makes two full JPEGs instead of eight.
-_PNG_ESTIMATE_ABOVE_RAW = 2.0
-_PNG_ESTIMATE_SKIP_FACTOR = 1.25
+# When the raw pixels are over max_bytes (only then can a PNG be: stored deflate adds < 0.1%), the
+# PNG size is first estimated from bands of rows (1/8 of the image, ~1/7 of a full PNG's time) and
+# the full PNG is skipped when the estimate is over the limit by more than the estimate's error: at
+# 4096^2 a photo's PNG is ~31 MB, far over; at 2048^2 a photo-like image's is 7.44 MB (estimated
+# 7.54), and making it only to throw it away took 60% of the encode. The estimate was within 1% of
+# the full size on photo-like and noise images; flat images come out underestimated, which only
+# costs the full encode. The JPEG ladder starts at the first quality whose estimate from the same
+# bands fits (within 0.5% of the full size at 95..50 on noise, photo-like and textured 3000^2-4096^2
+# images), so a 4096^2 noise image makes two full JPEGs instead of eight.
+_PNG_ESTIMATE_SKIP_FACTOR = 1.05
 _SAMPLE_BAND_ROWS = 32
 _SAMPLE_EVERY_ROWS = 256
+
+_DECODE_BAND_ROWS = 128  # a result goes into its output slot this many rows at a time
 
 _MASK_THRESHOLD = 0.5  # mask values >= this are white (edit), below are black (keep)
 
@@ -440,9 +444,8 @@ def _encode_within(source: PixelRows, *, max_bytes: int, tuning: PngTuning) -> t
     """PNG if it fits in ``max_bytes``, else the best JPEG that does. Returns (bytes, mime, notes)."""
     height_px, width_px = source.height, source.width
     sampled = source.height >= 2 * _SAMPLE_EVERY_ROWS
-    # A PNG can only exceed the limit when the raw pixels do (stored deflate adds < 0.1%).
     estimate = None
-    if sampled and source.nbytes > max_bytes * _PNG_ESTIMATE_ABOVE_RAW:
+    if sampled and source.nbytes > max_bytes:
         estimate = _estimated(source, lambda sample: encode_png(sample, tuning=tuning))
     if estimate is None or estimate <= max_bytes * _PNG_ESTIMATE_SKIP_FACTOR:
         png = encode_png_rows(source, tuning=tuning)
@@ -546,8 +549,10 @@ def decode_limit_px(expected: ImageSize) -> int:
 # --- decoding ----------------------------------------------------------------------------------------
 
 
-def decode_image(data: bytes, *, max_pixels: int | None = None) -> np.ndarray:
-    """Result file bytes -> uint8 ``[H,W,3]`` (C-contiguous, writable).
+def decode_image(data: bytes, *, max_pixels: int | None = None, out: np.ndarray | None = None) -> np.ndarray:
+    """Result file bytes -> uint8 ``[H,W,3]`` (C-contiguous, writable); or, when ``out`` (float32
+    ``[H,W,3]``, e.g. a ResultBatch slot) has the file's size, straight into ``out`` as value / 255
+    in bands of rows, returning ``out``: no 8-bit copy of the whole image is made.
 
     RGBA/LA/transparent palette images are flattened onto white with the same rule as encode_image;
     palette, grayscale and CMYK are converted to RGB. Only the first frame of an animation is used.
@@ -563,7 +568,12 @@ def decode_image(data: bytes, *, max_pixels: int | None = None) -> np.ndarray:
     try:
         with _open(data, max_pixels=max_pixels) as opened:
             opened.load()
-            return _to_rgb_array(opened)
+            if out is None or out.shape != (opened.height, opened.width, 3):
+                return _to_rgb_array(opened)
+            for top in range(0, opened.height, _DECODE_BAND_ROWS):
+                bottom = min(top + _DECODE_BAND_ROWS, opened.height)
+                _to_float(_to_rgb_array(opened.crop((0, top, opened.width, bottom))), out=out[top:bottom])
+            return out
     except Image.DecompressionBombError as exc:
         raise DownloadError(f"the downloaded result is too large to decode safely ({exc})") from exc
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
@@ -622,17 +632,28 @@ def _to_rgb_array(pil: Image.Image) -> np.ndarray:
 
 
 def stack_images(images: Sequence[np.ndarray]) -> torch.Tensor:
-    """uint8 ``[H,W,3]`` arrays -> one float32 IMAGE ``[n,H,W,3]`` in 0..1 (value / 255).
+    """uint8 ``[H,W,3]`` arrays (or float32 ones in 0..1) -> one float32 IMAGE ``[n,H,W,3]`` in 0..1
+    (value / 255).
 
     The output is allocated once and filled image by image, so peak extra memory is one output
     tensor plus the inputs (no float copy of the whole batch). Raises InputError when the sizes
     differ (a ComfyUI IMAGE batch has one size), ValueError for an empty sequence or arrays that are
-    not uint8 [H,W,3] (decode_image always gives those)."""
+    not uint8/float32 [H,W,3] (decode_image always gives uint8)."""
     if len(images) == 0:
         raise ValueError("stack_images needs at least one image")
     for arr in images:
-        if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
-            raise ValueError(f"expected uint8 [H,W,3] arrays, got {arr.dtype} {list(arr.shape)}")
+        if arr.dtype not in (np.uint8, np.float32) or arr.ndim != 3 or arr.shape[2] != 3:
+            raise ValueError(f"expected uint8 or float32 [H,W,3] arrays, got {arr.dtype} {list(arr.shape)}")
+    _check_one_size(images)
+    height_px, width_px = images[0].shape[:2]
+    out = torch.empty((len(images), height_px, width_px, 3), dtype=torch.float32)
+    out_np = out.numpy()  # shares memory with `out`
+    for index, arr in enumerate(images):
+        _to_float(arr, out=out_np[index])
+    return out
+
+
+def _check_one_size(images: Sequence[np.ndarray]) -> None:
     sizes = [ImageSize(int(arr.shape[1]), int(arr.shape[0])) for arr in images]
     if len(set(sizes)) > 1:
         raise InputError(
@@ -640,10 +661,68 @@ def stack_images(images: Sequence[np.ndarray]) -> torch.Tensor:
             value="sizes " + ", ".join(str(s) for s in sizes),
             fix="Send one image at a time (batch of 1 and n=1), or resize the results to one size.",
         )
-    height_px, width_px = images[0].shape[:2]
-    out = torch.empty((len(images), height_px, width_px, 3), dtype=torch.float32)
-    out_np = out.numpy()  # shares memory with `out`
-    for index, arr in enumerate(images):
-        # Converts uint8 -> float32 in small buffered chunks straight into the output slice.
-        np.divide(arr, np.float32(255.0), out=out_np[index])
-    return out
+
+
+def _to_float(arr: np.ndarray, *, out: np.ndarray) -> None:
+    if arr.dtype == np.uint8:
+        np.divide(arr, np.float32(255.0), out=out)  # in small buffered chunks, straight into ``out``
+    else:
+        np.copyto(out, arr)
+
+
+def give_back_freed_memory() -> None:
+    """Return freed heap memory to the OS (glibc's malloc_trim; elsewhere nothing). glibc keeps what
+    a thread freed in that thread's arena, resident: the multi-megabyte buffers of encodes and
+    decodes, freed on several threads, would otherwise stay counted in the process's memory."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+class ResultBatch:
+    """The IMAGE batch a run hands over, filled as each result arrives, so a run never holds the
+    decoded 8-bit results besides it: one float32 slot per result the run may bill (images x n, in
+    input order), allocated at once but made resident only as slots are written (the pages of a
+    large torch.empty are mapped lazily). A result of another size than predicted (the output-size
+    rules are inferred) is not put in: the caller keeps it as it is."""
+
+    def __init__(self, *, size: ImageSize, slots: int) -> None:
+        self.size = size
+        self._out = torch.empty((slots, size.height, size.width, 3), dtype=torch.float32)
+        self._out_np = self._out.numpy()  # shares memory with ``_out``
+
+    @property
+    def slots(self) -> int:
+        return int(self._out.shape[0])
+
+    def slot(self, slot: int) -> np.ndarray | None:
+        """The float32 [H,W,3] array of ``slot`` to decode a result into (``decode_image(out=)``);
+        None for no such slot."""
+        return self._out_np[slot] if 0 <= slot < self.slots else None
+
+    def slot_of(self, view: np.ndarray) -> int | None:
+        """The slot ``view`` (a slot's array) is, or None for an array outside the batch."""
+        slot_bytes = self._out_np[0].nbytes
+        offset = view.__array_interface__["data"][0] - self._out_np.__array_interface__["data"][0]
+        if view.shape != self._out_np.shape[1:] or not 0 <= offset < self._out_np.nbytes or offset % slot_bytes:
+            return None
+        return offset // slot_bytes
+
+    def take(self, slots: Sequence[int]) -> torch.Tensor:
+        """The IMAGE of the filled ``slots`` (ascending): moved to the front in place when some are
+        missing (a result that failed), so no second batch is ever allocated. Arrays of moved slots
+        are stale afterwards."""
+        if list(slots) != sorted(set(slots)):
+            raise ValueError(f"slots must ascend without repeats: {list(slots)}")
+        for dest, src in enumerate(slots):
+            if dest != src:  # src > dest: a slot is moved before anything is written over it
+                self._out[dest].copy_(self._out[src])
+        return self._out[:len(slots)]

@@ -208,6 +208,7 @@ class EditOutcome:
     items: list[ItemResult]
     elapsed_s: float
     emulated: bool = False  # the service answered as the emulator: nothing real was made or billed
+    output: images.ResultBatch | None = field(default=None, repr=False)  # the results were decoded into it
 
     @property
     def image_count(self) -> int:
@@ -215,8 +216,22 @@ class EditOutcome:
         return sum(item.image_count for item in self.items)
 
     def images_tensor(self) -> torch.Tensor:
-        """Every result as one float32 [n,H,W,3] batch, grouped per input image, in input order."""
-        return images.stack_images([array for item in self.items for array in item.images])
+        """Every result as one float32 [n,H,W,3] batch, grouped per input image, in input order (each
+        image's results in the task's order). Decoded into ``output``, that batch is handed over as
+        it is (the filled slots moved to the front when some are missing), and the items' images
+        become views of the returned tensor."""
+        arrays = [array for item in self.items for array in item.images]
+        output = self.output
+        slots = [output.slot_of(array) for array in arrays] if output is not None else [None]
+        if output is None or not arrays or None in slots:
+            return images.stack_images(arrays)  # nothing, or some results are not in the batch (another size)
+        filled = sorted(slot for slot in slots if slot is not None)
+        tensor = output.take(filled)
+        moved_to = {slot: position for position, slot in enumerate(filled)}
+        for item in self.items:
+            item.images = [tensor[moved_to[slot]].numpy()
+                           for slot in sorted(s for s in map(output.slot_of, item.images) if s is not None)]
+        return tensor
 
     def report(self, *, currency: str = "CNY", emulated: bool | None = None) -> Report:
         """``emulated`` (default: what the service said): ``usage`` is what the emulator counted, and

@@ -259,6 +259,7 @@ class Quota:
         while not self._slots.acquire(timeout=0.1):
             ticker.check()
         try:
+            ticker.check()  # the slot a Cancel freed must not start the next image
             lease = self._take_lease(ticker)
             try:
                 yield

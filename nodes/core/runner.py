@@ -56,7 +56,7 @@ from .outcome import (
 from .polling import DEFAULT_POLICY, PollPolicy, wait_for_task
 from .protocol import Submitted, TaskState, TaskStatus
 from .quota import Quota
-from .request import EditRequest, Item
+from .request import EditRequest, Item, Payload
 from .store import Store
 from .ticker import Ticker
 
@@ -77,6 +77,13 @@ RECONCILE_SKEW_S = 10.0  # the service's clock against ours
 RESENDS_AFTER_RECONCILE = 2
 UNKNOWN_GRACE_S = 60.0  # how long an UNKNOWN for a task accepted within the retention window is re-checked
 ATTACH_WAIT_S = 90.0  # how long to wait for another process's create to be answered
+# Workers per run beyond the quota's slots: images whose task ended are downloaded and decoded
+# while the slots' tasks run. More threads would only wait for a slot, and each thread that
+# decodes keeps its own malloc arena (glibc), resident once used: threads bound memory.
+DOWNLOAD_WORKERS = 2
+# One encode at a time in the process: an encode already keeps both cores of a small machine busy,
+# so two at once would each finish later, and the first task would be sent later.
+_ENCODING = threading.Lock()
 
 
 class _KnownTasks:
@@ -109,21 +116,26 @@ class _Context:
     stop_sending: threading.Event
     owner: str
     keep_files: bool = False  # the result files as returned, for an adapter that writes them (the CLI)
+    output: images.ResultBatch | None = None  # where every result is decoded to as it arrives
+    n: int = 1  # results per task: an image's slots in ``output`` start at its index * n
 
 
 def run(
     request: EditRequest, *, client: DashScopeClient, quota: Quota, policy: PollPolicy = DEFAULT_POLICY,
     should_cancel: Callable[[], bool] = lambda: False, on_progress: Callable[[Progress], None] = lambda _: None,
     tick_s: float = 0.1, store: Store | None = None, reuse: bool = True, keep_files: bool = False,
+    output: images.ResultBatch | None = None,
 ) -> EditOutcome:
     """Run one task per image and return every result that arrived. Raises only when no image
     at all came back (TaskFailedError or the call's error), or when the user cancels.
 
     With a ``store``, identical seeded edits are served from the result cache or attached to the
     journal's task (unless ``reuse`` is off), the daily budget is reserved before anything is sent,
-    and every task is journaled before it is polled."""
+    and every task is journaled before it is polled. With an ``output`` (``request.result_batch()``),
+    each result is decoded straight into it, and the items' images are views of it."""
     ctx = _Context(client=client, quota=quota, policy=_limits(policy, client), ticker=Ticker(), store=store,
-                   stop_sending=threading.Event(), owner=process_id(), keep_files=keep_files)
+                   stop_sending=threading.Event(), owner=process_id(), keep_files=keep_files, output=output,
+                   n=request.n)
     started = time.monotonic()
     results = [
         ItemResult(index=i, sent_size=item.sent_size, original_size=item.original_size,
@@ -143,7 +155,10 @@ def run(
         if store is not None:
             _journal_safely(store.journal.heartbeat, [c.row for c in claims if c])
 
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(to_send)), thread_name_prefix="wanx-task")
+    for _, result, _ in to_send:
+        result.state = ItemState.QUEUED
+    workers = max(1, min(len(to_send), quota.max_in_flight + DOWNLOAD_WORKERS))
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="wanx-task")
     futures = [pool.submit(_work, request, item, result, claim, ctx=ctx, reusable=reusable)
                for item, result, claim in to_send]
     try:
@@ -153,6 +168,9 @@ def run(
         # Whatever stops us (the user's Cancel, the host cancelling the node, a callback raising),
         # pending tasks are cancelled on the service before we let go.
         ctx.ticker.cancel.set()
+        for future, (_, _, claim) in zip(futures, to_send, strict=True):
+            if future.cancel():  # never started: nothing was sent, its reserved images go back
+                _release(ctx, claim)
         concurrent.futures.wait(futures, timeout=CANCEL_GRACE_S)
         arrived = [r for r in results if r.images and r.state is ItemState.DONE]
         canceled = canceled_error(results, partial=_outcome(request, arrived, started=started, ctx=ctx)
@@ -170,7 +188,8 @@ def run(
 
 def _outcome(request: EditRequest, results: list[ItemResult], *, started: float, ctx: _Context) -> EditOutcome:
     return EditOutcome(function=request.fn.api_name, prompt=request.prompt, parameters=dict(request.parameters),
-                       items=results, elapsed_s=time.monotonic() - started, emulated=ctx.client.emulated)
+                       items=results, elapsed_s=time.monotonic() - started, emulated=ctx.client.emulated,
+                       output=ctx.output)
 
 
 def _supervise(futures: Sequence[concurrent.futures.Future[None]], *, snapshot: Callable[[], Progress],
@@ -241,8 +260,9 @@ def _claim(request: EditRequest, results: Sequence[ItemResult], *, ctx: _Context
     except BudgetError:
         if not reusable or store.cache is None:
             raise
-    for item, result in zip(request.items, results, strict=True):
-        _serve_from_cache(store, request.digest(item, endpoint=ctx.client.settings.base_url), result)
+    for item, result in zip(request.items, results, strict=True):  # each payload is dropped once hashed
+        _serve_from_cache(store, request.digest(_encode(item), endpoint=ctx.client.settings.base_url), result,
+                          ctx=ctx)
     fresh = iter(reserve(sum(not r.cached for r in results)))
     return [None if r.cached else next(fresh) for r in results]
 
@@ -250,16 +270,18 @@ def _claim(request: EditRequest, results: Sequence[ItemResult], *, ctx: _Context
 def _run_item(request: EditRequest, item: Item, result: ItemResult, claim: Claim | None, *, ctx: _Context,
               reusable: bool) -> None:
     t0 = time.monotonic()
-    result.state = ItemState.QUEUED
     store, attached = ctx.store, None
-    # The slot bounds the payloads alive at once: an image is hashed, looked up and encoded at its turn.
+    # The slot bounds the payloads alive at once: an image is encoded, hashed and looked up at its turn.
     with ctx.quota.in_flight(ctx.ticker):
         if ctx.stop_sending.is_set():
             _release(ctx, claim)
             raise WanxError("not sent: another image of this batch hit an account-level error")
         result.timings_s["queued"] = time.monotonic() - t0
-        key = request.digest(item, endpoint=ctx.client.settings.base_url) if store is not None else None
-        if key is not None and reusable and store is not None and _serve_from_cache(store, key, result):
+        t1 = time.monotonic()
+        payload = _encode(item)
+        result.timings_s["encode"] = time.monotonic() - t1
+        key = request.digest(payload, endpoint=ctx.client.settings.base_url) if store is not None else None
+        if key is not None and reusable and store is not None and _serve_from_cache(store, key, result, ctx=ctx):
             _release(ctx, claim)
             return
         if key is not None and claim is not None and store is not None:
@@ -267,14 +289,17 @@ def _run_item(request: EditRequest, item: Item, result: ItemResult, claim: Claim
             if attach_to is None:
                 _journal_safely(store.journal.set, claim.row, digest=key)
             else:
+                del payload  # nothing to send: an identical edit's task is on its way
                 attached = _attached_task(attach_to, ctx=ctx)
         if attached is None:
             result.state = ItemState.SUBMITTING
             t1 = time.monotonic()
-            payload = item.encode()
             result.notes.extend(payload.notes)
-            _submit(request, request.body(payload), result, claim, ctx=ctx, key=key)
-            del payload  # the service has it: a big batch holds at most a slot's worth of payloads
+            body = request.body(payload)
+            del payload  # the body holds the one reference to the file
+            _submit(request, body, result, claim, ctx=ctx, key=key)
+            del body  # the service has it: a big batch holds at most a slot's worth of payloads
+            images.give_back_freed_memory()
             state = _wait(result, ctx=ctx, submitted_at_s=time.time())
             result.timings_s["task"] = time.monotonic() - t1
     if attached is not None:
@@ -290,10 +315,28 @@ def _run_item(request: EditRequest, item: Item, result: ItemResult, claim: Claim
         result.image_count = 0  # billed once, by the run that created the task (its journal entry says so)
 
 
+def _encode(item: Item) -> Payload:
+    with _ENCODING:
+        return item.encode()
+
+
+_Into = Callable[[int], "np.ndarray | None"]  # result position -> the array to decode it into (None: its own)
+
+
+def _slots(ctx: _Context, result: ItemResult) -> _Into:
+    """Result ``position`` of ``result``'s task is decoded into its slot of the run's output (a
+    result of another size than the slot's is decoded into an array of its own)."""
+    output = ctx.output
+    if output is None:
+        return lambda _: None
+    return lambda position: output.slot(result.index * ctx.n + position) if position < ctx.n else None
+
+
 def _submit(request: EditRequest, body: dict[str, object], result: ItemResult, claim: Claim | None, *,
             ctx: _Context, key: str | None) -> Submitted:
     """Create the task; reconcile an uncertain create with the task list instead of resending blindly."""
     journal = ctx.store.journal if ctx.store is not None else None
+    ctx.ticker.check()  # the last moment a Cancel keeps the create from going out
     if journal is not None and claim is not None:  # from here a crash leaves an uncertain create
         _journal_safely(journal.set, claim.row, status=SENDING, submitted_at=time.time())
     for resend in range(RESENDS_AFTER_RECONCILE + 1):
@@ -408,7 +451,7 @@ def _wait(result: ItemResult, *, ctx: _Context, submitted_at_s: float) -> TaskSt
 def _deliver(state: TaskState, result: ItemResult, *, ctx: _Context, expected: ImageSize,
              cache_key: str | None) -> None:
     try:
-        _collect(state, result, client=ctx.client, ticker=ctx.ticker, expected=expected)
+        _collect(state, result, client=ctx.client, ticker=ctx.ticker, expected=expected, into=_slots(ctx, result))
     finally:
         if ctx.store is not None:
             _remember(ctx.store, cache_key, state, result)
@@ -432,9 +475,11 @@ def _journal_safely(write: Callable[..., object], *args: object, **kwargs: objec
 
 
 def _collect(state: TaskState, result: ItemResult, *, client: DashScopeClient, ticker: Ticker,
-             expected: ImageSize | None, only: frozenset[int] | None = None) -> None:
+             expected: ImageSize | None, only: frozenset[int] | None = None,
+             into: _Into = lambda _: None) -> None:
     """Download the task's results (``only`` these indices, when given), keeping every image that
-    arrives. Links that fail are asked for again once (signed links expire)."""
+    arrives (decoded ``into`` an output's slots). Links that fail are asked for again once (signed
+    links expire)."""
     result.image_count = state.image_count or 0
     if state.status is not TaskStatus.SUCCEEDED:
         code = "UNKNOWN" if state.status is TaskStatus.UNKNOWN else state.code
@@ -447,11 +492,11 @@ def _collect(state: TaskState, result: ItemResult, *, client: DashScopeClient, t
     result.state = ItemState.DOWNLOADING
     t0 = time.monotonic()
     wanted = [i for i in range(len(state.results)) if only is None or i in only]
-    lost = _download(state, wanted, result, client=client, ticker=ticker, expected=expected)
+    lost = _download(state, wanted, result, client=client, ticker=ticker, expected=expected, into=into)
     if lost:
         try:  # fresh signed links for what failed
             lost = _download(client.query(state.task_id), lost, result, client=client, ticker=ticker,
-                             expected=expected)
+                             expected=expected, into=into)
         except WanxError as exc:
             log.warning("task %s: could not ask again for result links (%s)", state.task_id, exc.what)
     for position, error in sorted(result.lost.items()):
@@ -469,14 +514,14 @@ def _collect(state: TaskState, result: ItemResult, *, client: DashScopeClient, t
 
 
 def _download(state: TaskState, positions: Sequence[int], result: ItemResult, *, client: DashScopeClient,
-              ticker: Ticker, expected: ImageSize | None) -> list[int]:
+              ticker: Ticker, expected: ImageSize | None, into: _Into) -> list[int]:
     """Fetch results at ``positions`` into ``result``; returns the positions that failed to download."""
     failed = []
     # Recovery does not know the predicted size: what the request check allowed is the bound.
     max_pixels = images.decode_limit_px(expected) if expected is not None else images.MAX_RESULT_PIXELS
 
-    def decode(data: bytes) -> tuple[bytes, np.ndarray]:  # the limit is derived for this download only
-        return data, images.decode_image(data, max_pixels=max_pixels)
+    def decoder(out: np.ndarray | None) -> Callable[[bytes], tuple[bytes, np.ndarray]]:
+        return lambda data: (data, images.decode_image(data, max_pixels=max_pixels, out=out))  # this download's limit
 
     for position in positions:
         outcome = state.results[position]
@@ -489,7 +534,7 @@ def _download(state: TaskState, positions: Sequence[int], result: ItemResult, *,
             result.urls.append(outcome.url)
         try:
             data, array = client.download(outcome.url, task_id=state.task_id, ticker=ticker,
-                                          decode=decode)
+                                          decode=decoder(into(position)))
         except DownloadError as exc:
             result.lost[position] = exc
             failed.append(position)
@@ -503,23 +548,25 @@ def _download(state: TaskState, positions: Sequence[int], result: ItemResult, *,
             result.warnings.append(note)
         result.images.append(array)
         result.files.append(data)
+        images.give_back_freed_memory()  # the file's decode buffers, freed on this worker's own arena
         result.delivered.append(position)
     return failed
 
 
-def _cached_images(store: Store, key: str) -> tuple[Hit, list[np.ndarray]] | None:
+def _cached_images(store: Store, key: str, *, into: _Into = lambda _: None) -> tuple[Hit, list[np.ndarray]] | None:
     """A cache entry and its decoded images; a missing or damaged entry is a miss."""
     hit = store.cache.get(key) if store.cache is not None else None
     if hit is None:
         return None
     try:
-        return hit, [images.decode_image(data, max_pixels=images.MAX_RESULT_PIXELS) for data in hit.files]
+        return hit, [images.decode_image(data, max_pixels=images.MAX_RESULT_PIXELS, out=into(position))
+                     for position, data in enumerate(hit.files)]
     except WanxError:
         return None
 
 
-def _serve_from_cache(store: Store, key: str, result: ItemResult) -> bool:
-    cached = _cached_images(store, key) if store.cache is not None else None
+def _serve_from_cache(store: Store, key: str, result: ItemResult, *, ctx: _Context) -> bool:
+    cached = _cached_images(store, key, into=_slots(ctx, result)) if store.cache is not None else None
     if cached is None:
         return False
     hit, result.images = cached

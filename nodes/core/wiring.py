@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from . import runner
 from .client import DashScopeClient
+from .images import ResultBatch
 from .outcome import EditOutcome, Progress, Recovered
 from .quota import Quota, shared_quota
 from .request import EditRequest
@@ -23,9 +24,11 @@ class Engine:
     store: Store | None  # None: nothing journaled, cached or budgeted (a private emulator)
 
     def run(self, request: EditRequest, *, reuse: bool = True, should_cancel: Callable[[], bool] = lambda: False,
-            on_progress: Callable[[Progress], None] = lambda _: None, keep_files: bool = False) -> EditOutcome:
+            on_progress: Callable[[Progress], None] = lambda _: None, keep_files: bool = False,
+            output: ResultBatch | None = None) -> EditOutcome:
         return runner.run(request, client=self.client, quota=self.quota, store=self.store, reuse=reuse,
-                          should_cancel=should_cancel, on_progress=on_progress, keep_files=keep_files)
+                          should_cancel=should_cancel, on_progress=on_progress, keep_files=keep_files,
+                          output=output)
 
     def recover(self, task_id: str | None, *, should_cancel: Callable[[], bool] = lambda: False,
                 on_progress: Callable[[Progress], None] = lambda _: None) -> Recovered:

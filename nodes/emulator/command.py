@@ -96,14 +96,14 @@ def serve_forever(*, host: str, port: int, faults: Iterable[tuple[str, str]] = (
         for route, fault in faults:
             emulator.inject(route, fault)
         emulator.next_task_outcomes(*outcomes)
-        print(f"wanx2.1-imageedit emulator listening on {emulator.base_url}", flush=True)
-        print(f"  point the SDK or the pack at it: DASHSCOPE_HTTP_BASE_URL={emulator.base_url}", flush=True)
-        for route, fault in faults:
-            print(f"  fault queued for {route}: {fault}", flush=True)
-        for outcome in outcomes:
-            print(f"  outcome queued: {outcome}", flush=True)
-        print("  press Ctrl-C to stop", flush=True)
-        try:
+        try:  # from the first line on: a Ctrl-C while the banner prints stops cleanly too
+            print(f"wanx2.1-imageedit emulator listening on {emulator.base_url}", flush=True)
+            print(f"  point the SDK or the pack at it: DASHSCOPE_HTTP_BASE_URL={emulator.base_url}", flush=True)
+            for route, fault in faults:
+                print(f"  fault queued for {route}: {fault}", flush=True)
+            for outcome in outcomes:
+                print(f"  outcome queued: {outcome}", flush=True)
+            print("  press Ctrl-C to stop", flush=True)
             while True:
                 time.sleep(0.5)  # short sleeps keep Ctrl-C responsive on every platform
         except KeyboardInterrupt:
