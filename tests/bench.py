@@ -929,8 +929,9 @@ class _EncodedFirst(Item):
 
 
 @dataclass(frozen=True, eq=False)
-class _Timed(Item):
-    """The pack's Item, noting when each encode ran, for figure 6's breakdown; nothing else changes."""
+class TimedItem(Item):
+    """The pack's Item, noting when each encode ran (figure 6's breakdown, and a test that encodes
+    run one at a time); nothing else changes."""
 
     spans: list[tuple[float, float]] = dataclasses.field(default_factory=list, repr=False)
 
@@ -1013,7 +1014,7 @@ def batch_probe(approach: str, *, base_url: str, cfg: Config) -> ProbeResult:
         request = node_request()
         check_s = time.monotonic() - started
         spans: list[tuple[float, float]] = []
-        timed = tuple(_Timed(checked=item.checked, spans=spans) for item in request.items)
+        timed = tuple(TimedItem(checked=item.checked, spans=spans) for item in request.items)
         request = dataclasses.replace(request, items=timed)
         if approach == "first":
             request = dataclasses.replace(request, items=tuple(

@@ -8,12 +8,12 @@ from __future__ import annotations
 import dataclasses
 import io
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from bench import TimedItem  # tests/ is on the path
 from PIL import Image
 
 from conftest import FAST_POLL, TEST_KEY, photo, settings_for
@@ -24,7 +24,7 @@ from wanx_imageedit.nodes.core.functions import lookup
 from wanx_imageedit.nodes.core.journal import SUBMITTING
 from wanx_imageedit.nodes.core.outcome import ItemState
 from wanx_imageedit.nodes.core.quota import Quota
-from wanx_imageedit.nodes.core.request import EditRequest, Item, Payload, prepare
+from wanx_imageedit.nodes.core.request import EditRequest, prepare
 from wanx_imageedit.nodes.core.store import Store
 from wanx_imageedit.nodes.emulator import Emulator, render_result
 
@@ -108,23 +108,11 @@ def test_a_result_decodes_into_its_slot_only_when_it_fits() -> None:
         images.stack_images([np.zeros((2, 4, 3), np.uint8), np.zeros((2, 5, 3), np.float32)])
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
-class _Spanned(Item):
-    """The pack's Item, noting when each encode ran; nothing else changes."""
-
-    spans: list[tuple[float, float]] = dataclasses.field(default_factory=list, repr=False)
-
-    def encode(self) -> Payload:
-        started = time.monotonic()
-        payload = super().encode()
-        self.spans.append((started, time.monotonic()))
-        return payload
-
-
 def test_a_run_encodes_one_image_at_a_time_and_keeps_few_threads(emulator, client, quota) -> None:
     request = colorize(batch=8)
     spans: list[tuple[float, float]] = []
-    request = dataclasses.replace(request, items=tuple(_Spanned(checked=i.checked, spans=spans) for i in request.items))
+    timed = tuple(TimedItem(checked=item.checked, spans=spans) for item in request.items)
+    request = dataclasses.replace(request, items=timed)
     threads: list[int] = []
 
     def count_threads(_progress: object) -> None:

@@ -644,16 +644,6 @@ def stack_images(images: Sequence[np.ndarray]) -> torch.Tensor:
     for arr in images:
         if arr.dtype not in (np.uint8, np.float32) or arr.ndim != 3 or arr.shape[2] != 3:
             raise ValueError(f"expected uint8 or float32 [H,W,3] arrays, got {arr.dtype} {list(arr.shape)}")
-    _check_one_size(images)
-    height_px, width_px = images[0].shape[:2]
-    out = torch.empty((len(images), height_px, width_px, 3), dtype=torch.float32)
-    out_np = out.numpy()  # shares memory with `out`
-    for index, arr in enumerate(images):
-        _to_float(arr, out=out_np[index])
-    return out
-
-
-def _check_one_size(images: Sequence[np.ndarray]) -> None:
     sizes = [ImageSize(int(arr.shape[1]), int(arr.shape[0])) for arr in images]
     if len(set(sizes)) > 1:
         raise InputError(
@@ -661,6 +651,12 @@ def _check_one_size(images: Sequence[np.ndarray]) -> None:
             value="sizes " + ", ".join(str(s) for s in sizes),
             fix="Send one image at a time (batch of 1 and n=1), or resize the results to one size.",
         )
+    height_px, width_px = images[0].shape[:2]
+    out = torch.empty((len(images), height_px, width_px, 3), dtype=torch.float32)
+    out_np = out.numpy()  # shares memory with `out`
+    for index, arr in enumerate(images):
+        _to_float(arr, out=out_np[index])
+    return out
 
 
 def _to_float(arr: np.ndarray, *, out: np.ndarray) -> None:
@@ -695,7 +691,6 @@ class ResultBatch:
     rules are inferred) is not put in: the caller keeps it as it is."""
 
     def __init__(self, *, size: ImageSize, slots: int) -> None:
-        self.size = size
         self._out = torch.empty((slots, size.height, size.width, 3), dtype=torch.float32)
         self._out_np = self._out.numpy()  # shares memory with ``_out``
 

@@ -220,17 +220,17 @@ class EditOutcome:
         image's results in the task's order). Decoded into ``output``, that batch is handed over as
         it is (the filled slots moved to the front when some are missing), and the items' images
         become views of the returned tensor."""
-        arrays = [array for item in self.items for array in item.images]
         output = self.output
-        slots = [output.slot_of(array) for array in arrays] if output is not None else [None]
-        if output is None or not arrays or None in slots:
-            return images.stack_images(arrays)  # nothing, or some results are not in the batch (another size)
-        filled = sorted(slot for slot in slots if slot is not None)
+        arrays = [array for item in self.items for array in item.images]
+        slots = [[output.slot_of(array) for array in item.images] for item in self.items] if output is not None else []
+        in_batch = [sorted(s for s in item_slots if s is not None) for item_slots in slots]
+        if output is None or not arrays or sum(map(len, in_batch)) < len(arrays):
+            return images.stack_images(arrays)  # no batch, nothing, or some results are not in it (another size)
+        filled = [slot for item_slots in in_batch for slot in item_slots]  # ascending: item i's slots start at i*n
         tensor = output.take(filled)
-        moved_to = {slot: position for position, slot in enumerate(filled)}
-        for item in self.items:
-            item.images = [tensor[moved_to[slot]].numpy()
-                           for slot in sorted(s for s in map(output.slot_of, item.images) if s is not None)]
+        position = iter(range(len(filled)))
+        for item, item_slots in zip(self.items, in_batch, strict=True):
+            item.images = [tensor[next(position)].numpy() for _ in item_slots]
         return tensor
 
     def report(self, *, currency: str = "CNY", emulated: bool | None = None) -> Report:
